@@ -1,0 +1,38 @@
+"""The DeepSpeed config, generated from ours: never written by hand."""
+from __future__ import annotations
+
+from bigtrain.config.schema import Config
+from bigtrain.config.validate import Layout
+
+
+def deepspeed_config(cfg: Config, layout: Layout) -> dict:
+    prec, t = cfg.precision, cfg.trainer
+    ds = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": layout.grad_accum,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "steps_per_print": 10**9,  # bigtrain's own metrics report progress
+        "wall_clock_breakdown": False,
+        "zero_optimization": {"stage": cfg.parallel.zero_stage},
+        "seed": t.seed,
+    }
+    if prec.dtype == "bf16":
+        ds["bf16"] = {"enabled": True}
+        if prec.fp32_grad_accum:
+            ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    elif prec.dtype == "fp16":
+        ds["fp16"] = {
+            "enabled": True,
+            "loss_scale": 0,  # 0 = dynamic
+            "initial_scale_power": prec.initial_scale_power,
+            "loss_scale_window": prec.loss_scale_window,
+            "hysteresis": prec.hysteresis,
+            "min_loss_scale": prec.min_loss_scale,
+        }
+    if cfg.parallel.zero_stage == 3:
+        # Gather small layers whole; the defaults assume billion-parameter models.
+        ds["zero_optimization"].update({"stage3_param_persistence_threshold": 0})
+    if layout.pipeline > 1:
+        ds["pipeline"] = {"activation_checkpoint_interval": 0}
+    return ds

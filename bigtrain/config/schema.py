@@ -1,0 +1,194 @@
+"""The typed configuration: one frozen dataclass per component.
+
+Hydra composes YAML from `conf/`; `from_dict` turns the composed tree into these dataclasses,
+rejecting unknown keys, wrong types and values outside their allowed set with one `ConfigError`
+that names the key, the value and the fix. Cross-field rules live in `validate.py`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration. The message is one line naming key, value and fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny"
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: Optional[int] = None  # None: multi-head attention (= n_heads)
+    d_model: int = 256
+    ffn_hidden: Optional[int] = None  # None: 4*d (gelu) or 8/3*d rounded up to 64 (swiglu)
+    seq_len: int = 256
+    position: Literal["learned", "sinusoidal", "rope"] = "learned"
+    rope_theta: float = 10000.0
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    activation: Literal["gelu", "swiglu"] = "gelu"
+    bias: bool = True
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+    vocab_size: Optional[int] = None  # None: taken from the tokenizer
+    pad_vocab_multiple: int = 64  # padded vocab is a multiple of this × tensor_parallel
+    init_from: Optional[str] = None  # a Hugging Face folder to start from
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.ffn_hidden:
+            return self.ffn_hidden
+        if self.activation == "swiglu":
+            return -(-int(8 * self.d_model / 3) // 64) * 64
+        return 4 * self.d_model
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "stdlib"
+    source: Literal["stdlib", "text"] = "stdlib"
+    path: Optional[str] = None  # the text file for source=text
+    tokenizer: Literal["bpe", "unigram", "char"] = "bpe"
+    vocab_size: int = 4096  # sentencepiece vocabulary (ignored for char)
+    val_fraction: float = 0.1  # the last fraction of the corpus text is validation
+    max_bytes: Optional[int] = None  # cap on corpus size (stdlib is ~30 MB)
+    cache_dir: Optional[str] = None  # None: $BIGTRAIN_CACHE or ~/.cache/bigtrain
+    append_eod: bool = True  # end every document with the EOD token
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    zero_stage: int = 0
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    sequence_parallel: bool = False
+    pipeline_partition: Literal["parameters", "uniform"] = "parameters"
+
+
+@dataclass(frozen=True)
+class PrecisionConfig:
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # fp16 dynamic loss scaling: scale starts at 2**initial_scale_power, grows every window
+    # overflow-free steps, and shrinks after `hysteresis` overflows, never below min_loss_scale.
+    initial_scale_power: int = 16
+    loss_scale_window: int = 1000
+    hysteresis: int = 2
+    min_loss_scale: float = 1.0
+    fp32_grad_accum: bool = True  # accumulate bf16 gradients in fp32 where DeepSpeed allows
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 20
+    decay_steps: Optional[int] = None  # None: trainer.max_steps
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_steps: int = 300
+    micro_batch_size: int = 8
+    global_batch_size: int = 16
+    eval_interval: int = 100
+    eval_iters: int = 10
+    log_interval: int = 1
+    save_interval: int = 0  # 0: save only at the end
+    keep_last: int = 2
+    seed: int = 1234
+    activation_checkpointing: Literal["none", "full"] = "none"
+    sample_tokens: int = 200
+    sample_prompt: str = ""
+    sample_temperature: float = 0.8
+    sample_top_k: int = 50
+    ckpt_dir: Optional[str] = None  # None: <run dir>/checkpoints
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    progress_bar: bool = True
+    jsonl: bool = True
+    tensorboard: bool = True
+    wandb: bool = False  # offline when no WANDB_API_KEY is set
+    wandb_project: str = "bigtrain"
+    peak_tflops: Optional[float] = None  # None: GPU datasheet table, or measured once on CPU
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def from_dict(raw: dict, cls: type = Config, prefix: str = "") -> Any:
+    """Build `cls` from a plain (nested) dict, checking keys, types and allowed values."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            fix = f"did you mean '{prefix}{close[0]}'?" if close else f"allowed keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key '{prefix}{key}' (value {value!r}): {fix}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(value, hint, key + ".")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner, key)
+    if origin is Literal:
+        if value not in args:
+            allowed = "|".join(str(a) for a in args)
+            raise ConfigError(f"{key}={value!r} is not allowed: use one of {allowed}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} must be an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} must be a string")
+        return value
+    raise TypeError(f"unsupported schema type {hint} for {key}")  # a bug in the schema, not user input

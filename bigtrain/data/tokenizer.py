@@ -1,0 +1,70 @@
+"""sentencepiece tokenizers trained by bigtrain: BPE (default), unigram, or characters.
+
+All three are lossless on their corpus: identity normalization, no dummy prefix, whitespace kept,
+newline a user-defined piece. BPE and unigram add byte fallback so unseen characters survive;
+`char` is nanoGPT's character vocabulary (plus unk/bos/eos).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import sentencepiece as spm
+
+UNK, BOS, EOS = 0, 1, 2
+
+
+class Tokenizer:
+    def __init__(self, model_file: str | Path):
+        self.path = Path(model_file)
+        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    @property
+    def eod(self) -> int:
+        return EOS
+
+    @property
+    def bos(self) -> int:
+        return BOS
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts, num_threads=os.cpu_count() or 1)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.decode([i for i in ids if 0 <= i < self.vocab_size])
+
+
+def train_tokenizer(docs: list[str], kind: str, vocab_size: int, model_prefix: Path) -> Tokenizer:
+    """Train on the documents' lines (newlines become the user-defined piece)."""
+    lines = [line for doc in docs for line in doc.split("\n") if line]
+    options = dict(
+        model_prefix=str(model_prefix),
+        model_type=kind,
+        normalization_rule_name="identity",
+        add_dummy_prefix=False,
+        remove_extra_whitespaces=False,
+        split_by_whitespace=kind != "char",
+        allow_whitespace_only_pieces=True,
+        user_defined_symbols=["\n"],
+        unk_id=UNK, bos_id=BOS, eos_id=EOS, pad_id=-1,
+        max_sentence_length=1 << 16,
+        input_sentence_size=2_000_000,
+        shuffle_input_sentence=True,
+        num_threads=os.cpu_count() or 1,
+        minloglevel=2,
+    )
+    if kind == "char":
+        chars = {c for line in lines for c in line}
+        options.update(vocab_size=len(chars) + 4, character_coverage=1.0)  # + "\n", unk, bos, eos
+    else:
+        options.update(vocab_size=vocab_size, byte_fallback=True, character_coverage=0.9995,
+                       hard_vocab_limit=False)
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), **options)
+    return Tokenizer(f"{model_prefix}.model")

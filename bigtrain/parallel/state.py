@@ -1,0 +1,172 @@
+"""Process groups and seeds: the only module that touches megatron-core's `parallel_state` globals.
+
+Rank order is tensor-parallel fastest, then data, then pipeline: megatron-core's default order
+('tp-cp-ep-dp-pp') and DeepSpeed's `PipeModelDataParallelTopology` (axes pipe, data, model) give
+the same map, which `tests/distributed/test_topology.py` checks.
+"""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bigtrain.config.validate import Layout
+
+warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process sits in the layout."""
+
+    rank: int
+    local_rank: int
+    tp: int
+    pp: int
+    dp: int
+    layout: Layout
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp == self.layout.pipeline - 1
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(layout: Layout) -> Ranks:
+    """Start torch.distributed (NCCL on GPUs, gloo on CPU), then megatron-core's groups."""
+    # A plain `python launch/pretrain.py` has no launcher environment: make it a world of one.
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(_free_port()))
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # DeepSpeed compiles a shared-memory collective with g++ (~60 s) on first use; gloo is
+        # enough for CPU runs.
+        import deepspeed.ops
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    import deepspeed
+    from megatron.core import parallel_state
+
+    from bigtrain.parallel import cpu_compat
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    world = torch.distributed.get_world_size()
+    if world != layout.world_size:
+        raise RuntimeError(f"launcher started {world} ranks but the config was validated for "
+                           f"{layout.world_size}: set WORLD_SIZE consistently")
+    cpu_compat.apply()
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(layout.tensor, layout.pipeline)
+    return Ranks(
+        rank=torch.distributed.get_rank(),
+        local_rank=local_rank,
+        tp=parallel_state.get_tensor_model_parallel_rank(),
+        pp=parallel_state.get_pipeline_model_parallel_rank(),
+        dp=parallel_state.get_data_parallel_rank(),
+        layout=layout,
+    )
+
+
+def seed_everything(seed: int, ranks: Ranks) -> None:
+    """Python, numpy and torch share `seed` on every rank; megatron's tracker differs per TP rank.
+
+    The default generator is the same on all tensor-parallel ranks so dropout on replicated
+    activations agrees; dropout on sharded activations forks the tracker's per-rank stream.
+    """
+    from megatron.core import tensor_parallel
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tracker = tensor_parallel.get_cuda_rng_tracker()
+    tracker.reset()
+    tracker.add("model-parallel-rng", seed + 2718 + ranks.tp)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed(seed)
+
+
+def destroy() -> None:
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def data_parallel_group():
+    from megatron.core import parallel_state
+    return parallel_state.get_data_parallel_group()
+
+
+def model_parallel_group():
+    """Tensor × pipeline ranks holding one replica of the model."""
+    from megatron.core import parallel_state
+    return parallel_state.get_model_parallel_group()
+
+
+def tensor_parallel_group():
+    from megatron.core import parallel_state
+    return parallel_state.get_tensor_model_parallel_group()
+
+
+def tensor_parallel_rank_and_size() -> tuple[int, int]:
+    from megatron.core import parallel_state
+    return (parallel_state.get_tensor_model_parallel_rank(),
+            parallel_state.get_tensor_model_parallel_world_size())
+
+
+def pipeline_parallel_group():
+    from megatron.core import parallel_state
+    return parallel_state.get_pipeline_model_parallel_group()
+
+
+class DeepSpeedMPU:
+    """The `mpu` interface DeepSpeed asks for, answered by megatron-core's groups.
+
+    "Model parallel" here means tensor parallel: DeepSpeed uses it to avoid counting replicated
+    parameters twice in the gradient norm, and the data-parallel group to reduce gradients.
+    """
+
+    def __getattr__(self, name: str):
+        from megatron.core import parallel_state
+        aliases = {
+            "get_model_parallel_rank": parallel_state.get_tensor_model_parallel_rank,
+            "get_model_parallel_world_size": parallel_state.get_tensor_model_parallel_world_size,
+            "get_model_parallel_group": parallel_state.get_tensor_model_parallel_group,
+            "get_slice_parallel_rank": parallel_state.get_tensor_model_parallel_rank,
+            "get_slice_parallel_world_size": parallel_state.get_tensor_model_parallel_world_size,
+            "get_slice_parallel_group": parallel_state.get_tensor_model_parallel_group,
+        }
+        if name in aliases:
+            return aliases[name]
+        if name.startswith(("get_data_parallel", "get_tensor_model_parallel", "get_pipeline_model_parallel")):
+            return getattr(parallel_state, name)
+        raise AttributeError(name)

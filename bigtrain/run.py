@@ -1,0 +1,146 @@
+"""One training run: validated config → process groups → data → model → loop → sample."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from bigtrain.config.schema import Config, ConfigError
+from bigtrain.config.validate import validate
+from bigtrain.data.corpus import DataError
+
+
+def run(cfg: Config, run_dir: Path) -> dict:
+    """Train as configured; returns the final summary (validation loss, perplexity, sample)."""
+    layout = validate(cfg)  # before any process group
+    _quiet_libraries()
+    _set_threads(layout.world_size)
+    from bigtrain.parallel import state as pstate
+
+    ranks = pstate.init_distributed(layout)
+    log = print if ranks.is_main else (lambda *a, **k: None)
+    try:
+        return _train(cfg, run_dir, ranks, log)
+    finally:
+        pstate.destroy()
+
+
+def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
+    from bigtrain.data.dataset import Batches, build_datasets
+    from bigtrain.data.prepare import check_enough_tokens
+    from bigtrain.metrics.peak import peak_tflops
+    from bigtrain.metrics.sinks import Sinks
+    from bigtrain.metrics.throughput import Meter
+    from bigtrain.model.flops import parameter_count, train_flops_per_token
+    from bigtrain.parallel.layers import padded_vocab
+    from bigtrain.parallel.engine import build_engine
+    from bigtrain.parallel.state import seed_everything
+    from bigtrain.train.checkpoint import Checkpointer
+    from bigtrain.train.loop import Trainer, TrainState
+    from bigtrain.train.sample import generate
+
+    t, layout = cfg.trainer, ranks.layout
+    prepared = _prepare_on_one_rank(cfg, ranks, log)
+    check_enough_tokens(prepared, cfg.model.seq_len)
+    tokenizer = prepared.tokenizer
+    vocab = cfg.model.vocab_size or tokenizer.vocab_size
+    if vocab < tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size}: "
+                          "set model.vocab_size=null to take the tokenizer's")
+    padded = padded_vocab(vocab, cfg.model.pad_vocab_multiple, layout.tensor)
+    seed_everything(t.seed, ranks)
+    engine = build_engine(cfg, ranks, vocab, log=log)
+    seed_everything(t.seed, ranks)  # dropout streams independent of how many layers this rank built
+    train_ds, val_ds = build_datasets(prepared, cfg.model.seq_len, t.seed,
+                                      t.max_steps * t.global_batch_size, t.eval_iters * t.global_batch_size)
+    batches = dict(global_batch=t.global_batch_size, micro_batch=t.micro_batch_size,
+                   dp_size=layout.data, dp_rank=ranks.dp)
+    peak, peak_source = peak_tflops(cfg.precision.dtype, cfg.logging.peak_tflops)
+    meter = Meter(tokens_per_step=t.global_batch_size * cfg.model.seq_len,
+                  flops_per_token=train_flops_per_token(cfg.model, vocab), devices=layout.world_size,
+                  peak_tflops=peak)
+    log(f"model: {cfg.model.name}, {parameter_count(cfg.model, padded):,} parameters, vocab {vocab}; "
+        f"data: {prepared.meta['corpus']} ({prepared.tokens('train'):,} train / "
+        f"{prepared.tokens('val'):,} val tokens); MFU peak: {peak} TFLOP/s ({peak_source})")
+    ckpt_dir = Path(t.ckpt_dir) if t.ckpt_dir else run_dir / "checkpoints"
+    checkpointer = Checkpointer(ckpt_dir, t.save_interval, t.keep_last, t.max_steps, ranks.is_main)
+    state = TrainState()
+    sinks = Sinks(cfg.logging, run_dir, t.max_steps, state.step, dataclasses.asdict(cfg)) if ranks.is_main else None
+    trainer = Trainer(cfg, engine, ranks, Batches(train_ds, **batches), Batches(val_ds, **batches), meter,
+                      sinks, checkpointer, state)
+    try:
+        trainer.fit()
+    finally:
+        if sinks:
+            sinks.close()
+    summary = {"step": state.step, "val_loss": trainer.last_val,
+               "val_ppl": None if trainer.last_val is None else float(torch.tensor(trainer.last_val).exp())}
+    if layout.pipeline == 1 and t.sample_tokens > 0:
+        prompt = tokenizer.encode(t.sample_prompt) if t.sample_prompt else [tokenizer.eod]
+        ids = generate(engine.module, prompt, t.sample_tokens, cfg.model.seq_len, t.sample_temperature,
+                       t.sample_top_k, seed=t.seed)
+        summary["sample"] = t.sample_prompt + tokenizer.decode(ids)
+    if ranks.is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        log(f"\nvalidation loss {summary['val_loss']:.4f}, perplexity {summary['val_ppl']:.2f} "
+            f"after {state.step} steps")
+        if "sample" in summary:
+            log("sample:\n" + "-" * 60 + "\n" + summary["sample"] + "\n" + "-" * 60)
+    return summary
+
+
+def _prepare_on_one_rank(cfg: Config, ranks, log):
+    """Local rank 0 tokenizes (once per node); the others wait, then read the cached result.
+
+    A failure on the preparing rank is sent to every rank so all of them stop with its message
+    instead of waiting forever at the barrier.
+    """
+    from bigtrain.data.prepare import prepare
+
+    error, prepared = None, None
+    if ranks.local_rank == 0:
+        try:
+            prepared = prepare(cfg.data, log=log)
+        except (DataError, OSError) as err:
+            error = f"{type(err).__name__}: {err}"
+    verdict = [error]
+    torch.distributed.broadcast_object_list(verdict, src=0)
+    if verdict[0]:
+        raise DataError(verdict[0].split(": ", 1)[-1])
+    return prepared or prepare(cfg.data, log=lambda *a: None)
+
+
+def _quiet_libraries() -> None:
+    """megatron-core's dataset builder and DeepSpeed's op probes log at INFO; keep warnings only."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+    for name in ("megatron", "compilers", "DeepSpeed", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+
+
+def _set_threads(world_size: int) -> None:
+    """The deepspeed launcher sets no OMP_NUM_THREADS: share the cores among local ranks."""
+    if "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+
+
+def main(tree, run_dir: str) -> int:
+    """Entry point for launch/pretrain.py: typed config errors become one line and exit code 2."""
+    from bigtrain.config.hydra import to_config
+
+    try:
+        cfg = to_config(tree)
+        run(cfg, Path(run_dir))
+    except (ConfigError, DataError) as err:
+        print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return 0

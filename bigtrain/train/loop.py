@@ -1,0 +1,130 @@
+"""The training loop: forward → loss → backward → step, evaluation and checkpoints on cadence."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from bigtrain.config.schema import Config
+from bigtrain.data.dataset import Batch, Batches
+from bigtrain.metrics.throughput import Meter
+from bigtrain.model.gpt import lm_loss
+from bigtrain.parallel.state import (
+    Ranks, data_parallel_group, model_parallel_group, tensor_parallel_rank_and_size,
+)
+from bigtrain.train.schedule import lr_at
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps completed
+    consumed_samples: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: Config, engine, ranks: Ranks, train: Batches, val: Batches, meter: Meter,
+                 sinks, checkpointer, state: TrainState):
+        self.cfg, self.engine, self.ranks = cfg, engine, ranks
+        self.train_batches, self.val_batches, self.meter = train, val, meter
+        self.sinks, self.checkpointer, self.state = sinks, checkpointer, state
+        self.pipelined = ranks.layout.pipeline > 1
+        self.last_val: float | None = None
+        # DeepSpeed reports no gradient norm for a plain (ZeRO-0, fp32) client optimizer.
+        self.own_grad_norm = not self.pipelined and engine.get_global_grad_norm() is None and \
+            cfg.parallel.zero_stage == 0 and cfg.precision.dtype == "fp32"
+        self._grad_norm: float | None = None
+
+    def fit(self) -> None:
+        t = self.cfg.trainer
+        while self.state.step < t.max_steps:
+            step = self.state.step
+            lr = lr_at(step, self.cfg.optim, t.max_steps)
+            start = time.perf_counter()
+            loss = self.train_step(step)
+            seconds = time.perf_counter() - start
+            self.state.step += 1
+            self.state.consumed_samples += t.global_batch_size
+            done = self.state.step
+            log_now = done % t.log_interval == 0 or done == t.max_steps
+            eval_now = done % t.eval_interval == 0 or done == t.max_steps
+            if log_now or eval_now:
+                record = {"step": done, "loss": loss, "lr": lr, "grad_norm": self.grad_norm(),
+                          "consumed_samples": self.state.consumed_samples, **self.meter.measure(seconds)}
+                if self.cfg.precision.dtype == "fp16":
+                    record["loss_scale"] = float(self.engine.optimizer.cur_scale)
+                if eval_now:
+                    self.last_val = self.evaluate()
+                    record.update(val_loss=self.last_val, val_ppl=math.exp(min(self.last_val, 50.0)))
+                if self.sinks:
+                    self.sinks.log(record)
+            if self.checkpointer.due(done):
+                self.checkpointer.save(self.engine, self.state)
+
+    def train_step(self, step: int) -> float:
+        """One optimizer step over the global batch; returns the mean loss over it."""
+        if self.pipelined:
+            batches = iter(self.train_batches.step_batches(step))
+            return float(self.engine.train_batch(data_iter=_pipe_inputs(batches)))
+        losses = []
+        for batch in self.train_batches.step_batches(step):
+            loss = self.forward_loss(batch)
+            self.engine.backward(loss)
+            if self.own_grad_norm and self.engine.is_gradient_accumulation_boundary():
+                self._grad_norm = global_grad_norm(self.engine.module.parameters())
+            self.engine.step()
+            losses.append(loss.detach())
+        return self.data_parallel_mean(torch.stack(losses).mean())
+
+    def forward_loss(self, batch: Batch) -> torch.Tensor:
+        device = self.engine.device
+        logits = self.engine(batch.tokens.to(device))
+        return lm_loss(logits, batch.labels.to(device), batch.loss_mask.to(device))
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over `eval_iters` global batches (the same ones every time)."""
+        self.engine.eval()
+        losses = []
+        for i in range(self.cfg.trainer.eval_iters):
+            if self.pipelined:
+                batches = iter(self.val_batches.step_batches(i))
+                losses.append(self.engine.eval_batch(data_iter=_pipe_inputs(batches)).float())
+            else:
+                losses.extend(self.forward_loss(b).float() for b in self.val_batches.step_batches(i))
+        self.engine.train()
+        return self.data_parallel_mean(torch.stack(losses).mean())
+
+    def data_parallel_mean(self, value: torch.Tensor) -> float:
+        if self.pipelined:  # DeepSpeed already averaged over data parallel and broadcast
+            return float(value)
+        value = value.detach().float().clone()
+        torch.distributed.all_reduce(value, group=data_parallel_group())
+        return float(value) / self.ranks.layout.data
+
+    def grad_norm(self) -> float | None:
+        """The pre-clipping gradient norm of the last step."""
+        norm = self._grad_norm if self.own_grad_norm else self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
+
+
+def global_grad_norm(params) -> float:
+    """L2 norm of all (already data-parallel averaged) gradients of the whole model.
+
+    Sharded parameters (megatron marks them `tensor_model_parallel`) contribute their shard on
+    every tensor-parallel rank; replicated ones are counted on tensor-parallel rank 0 only.
+    """
+    tp_rank = tensor_parallel_rank_and_size()[0]
+    total = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        if p.grad is not None and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0):
+            total += p.grad.detach().double().pow(2).sum().cpu()
+    torch.distributed.all_reduce(total, group=model_parallel_group())
+    return float(total.sqrt())
+
+
+def _pipe_inputs(batches):
+    """DeepSpeed pipelines take (inputs, labels) pairs: tokens in, (labels, loss mask) out."""
+    for b in batches:
+        yield (b.tokens, (b.labels, b.loss_mask))
