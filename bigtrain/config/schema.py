@@ -68,6 +68,9 @@ class DataConfig:
     max_bytes: Optional[int] = None  # cap on corpus size (stdlib is ~30 MB)
     cache_dir: Optional[str] = None  # None: $BIGTRAIN_CACHE or ~/.cache/bigtrain
     append_eod: bool = True  # end every document with the EOD token
+    # Cut a text file into documents at this separator (kept with the text). GPTDataset shuffles
+    # documents each epoch, so shorter documents give new sample windows every epoch.
+    document_separator: Optional[str] = None
 
 
 @dataclass(frozen=True)

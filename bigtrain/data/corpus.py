@@ -23,7 +23,7 @@ class Corpus:
 def load_corpus(cfg: DataConfig) -> Corpus:
     if cfg.source == "stdlib":
         return _stdlib(cfg.max_bytes)
-    return _text_file(cfg.path, cfg.max_bytes)
+    return _text_file(cfg.path, cfg.max_bytes, cfg.document_separator)
 
 
 def _stdlib(max_bytes: int | None) -> Corpus:
@@ -48,7 +48,7 @@ def _stdlib(max_bytes: int | None) -> Corpus:
     return Corpus(docs, digest.hexdigest(), f"Python stdlib at {root}: {len(docs)} files, {total:,} chars")
 
 
-def _text_file(path: str | None, max_bytes: int | None) -> Corpus:
+def _text_file(path: str | None, max_bytes: int | None, separator: str | None) -> Corpus:
     if not path:
         raise DataError("data.path is not set: pass data.path=/path/to/corpus.txt")
     file = Path(path).expanduser()
@@ -64,7 +64,12 @@ def _text_file(path: str | None, max_bytes: int | None) -> Corpus:
     if not text.strip():
         raise DataError(f"data.path={path!r} is empty: pass a file with text in it")
     digest = hashlib.sha256(text.encode()).hexdigest()
-    return Corpus([text], digest, f"{file}: {len(text):,} chars")
+    docs = [text]
+    if separator:
+        pieces = text.split(separator)
+        docs = [p + separator for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+        digest = hashlib.sha256(f"{digest}|{separator!r}".encode()).hexdigest()
+    return Corpus(docs, digest, f"{file}: {len(text):,} chars, {len(docs):,} documents")
 
 
 def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:

@@ -7,9 +7,12 @@ newline a user-defined piece. BPE and unigram add byte fallback so unseen charac
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import sentencepiece as spm
+
+from bigtrain.data.corpus import DataError
 
 UNK, BOS, EOS = 0, 1, 2
 
@@ -66,5 +69,13 @@ def train_tokenizer(docs: list[str], kind: str, vocab_size: int, model_prefix: P
     else:
         options.update(vocab_size=vocab_size, byte_fallback=True, character_coverage=0.9995,
                        hard_vocab_limit=False)
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), **options)
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), **options)
+    except RuntimeError as err:
+        needed = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(err))
+        if not needed:
+            raise
+        raise DataError(f"data.vocab_size={vocab_size} is too small for this corpus with {kind}: "
+                        f"sentencepiece needs at least {needed.group(2)} pieces (256 byte-fallback "
+                        "pieces, the characters and the specials); raise data.vocab_size") from None
     return Tokenizer(f"{model_prefix}.model")

@@ -1,0 +1,64 @@
+"""Shared fixtures: a one-process world for unit tests, corpora, and a subprocess runner."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One prepared-data cache for the whole session, so corpora tokenize once."""
+    path = tmp_path_factory.mktemp("bigtrain-cache")
+    os.environ["BIGTRAIN_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    """tinyshakespeare when ../shared is present, else a text made from the stdlib (no download)."""
+    if SHAKESPEARE.is_file():
+        return SHAKESPEARE
+    import sysconfig
+    root = Path(sysconfig.get_paths()["stdlib"])
+    text = "".join(p.read_text(errors="ignore") for p in sorted(root.glob("*.py"))[:60])
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="session")
+def world1():
+    """torch.distributed and megatron-core groups for a world of one process (gloo)."""
+    from bigtrain.config import Config, validate
+    from bigtrain.parallel.state import init_distributed, seed_everything
+    ranks = init_distributed(validate(Config(), world_size=1))
+    seed_everything(0, ranks)
+    return ranks
+
+
+def launch(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a launcher command from the repository root; fail with its output on timeout."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    try:
+        return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        out = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else err.stdout
+        pytest.fail(f"{args} timed out after {timeout}s; output tail:\n{(out or '')[-3000:]}")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+PYTHON = sys.executable

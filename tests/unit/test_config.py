@@ -1,0 +1,107 @@
+"""The schema: every preset composes, and bad configs fail with one clear line."""
+from pathlib import Path
+
+import pytest
+
+from bigtrain.config import Config, ConfigError, ModelConfig, ParallelConfig, TrainerConfig, validate
+from bigtrain.config.deepspeed import deepspeed_config
+from bigtrain.config.hydra import CONF_DIR, compose
+from bigtrain.config.schema import from_dict
+
+PRESETS = sorted((p.parent.name, p.stem) for p in Path(CONF_DIR).glob("*/*.yaml"))
+
+
+def test_presets_exist():
+    groups = {g for g, _ in PRESETS}
+    assert {"model", "data", "parallel", "precision", "optim", "trainer", "logging", "experiment"} <= groups
+    names = {n for _, n in PRESETS}
+    assert {"tiny", "gpt2_124m", "gpt2_350m", "gpt2_1_3b", "llama_1b", "llama_7b"} <= names
+    assert {"single", "zero1", "zero2", "zero3", "tp2", "tp2_sp", "pp2", "tp2_pp2", "3d"} <= names
+
+
+@pytest.mark.parametrize("group,name", PRESETS)
+def test_every_preset_composes(group, name):
+    overrides = [f"{group}={name}", "data.path=/corpus.txt"]
+    cfg = compose(overrides)
+    assert isinstance(cfg, Config)
+    if group == "model":
+        assert cfg.model.name == name
+    if group == "parallel":
+        p = cfg.parallel
+        layout = validate(cfg, world_size=p.tensor_parallel * p.pipeline_parallel * (2 if name == "3d" else 1))
+        assert layout.tensor == p.tensor_parallel and layout.pipeline == p.pipeline_parallel
+
+
+def test_gpt2_and_llama_shapes():
+    gpt2 = compose(["model=gpt2_124m"]).model
+    assert (gpt2.n_layers, gpt2.n_heads, gpt2.d_model, gpt2.seq_len, gpt2.ffn_dim) == (12, 12, 768, 1024, 3072)
+    llama = compose(["model=llama_7b"]).model
+    assert (llama.position, llama.norm, llama.activation, llama.kv_heads) == ("rope", "rmsnorm", "swiglu", 8)
+
+
+def test_shakespeare_recipe_matches_nanogpt():
+    cfg = compose(["experiment=shakespeare_char_cpu", "data.path=/x.txt"])
+    m, o, t = cfg.model, cfg.optim, cfg.trainer
+    assert (m.n_layers, m.n_heads, m.d_model, m.seq_len, m.dropout) == (4, 4, 128, 64, 0.0)
+    assert (t.global_batch_size, t.max_steps) == (12, 2000)
+    assert (o.lr, o.min_lr, o.warmup_steps, o.decay_steps, o.beta2, o.weight_decay, o.grad_clip) == \
+        (1e-3, 1e-4, 100, 2000, 0.99, 0.1, 1.0)
+    assert cfg.data.tokenizer == "char"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["+model.n_layer=3"], "unknown config key 'model.n_layer' (value 3): did you mean 'model.n_layers'?"),
+    (["model.position=alibi"], "model.position='alibi' is not allowed: use one of learned|sinusoidal|rope"),
+    (["model.n_layers=abc"], "model.n_layers='abc' must be an integer"),
+    (["parallel.zero_stage=4"], "parallel.zero_stage=4 is not allowed"),
+    (["precision.dtype=fp8"], "precision.dtype='fp8' is not allowed: use one of fp32|bf16|fp16"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0 must be positive"),
+    (["data=text"], "data.source=text needs data.path"),
+    (["trainer.global_batch_size=12"], "trainer.global_batch_size=12 is not divisible by micro_batch_size"),
+])
+def test_bad_configs_name_key_value_and_fix(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose(overrides), world_size=1)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs,world,message", [
+    (dict(model=ModelConfig(n_heads=6, d_model=384), parallel=ParallelConfig(tensor_parallel=4)), 4,
+     "model.n_heads=6 is not divisible by parallel.tensor_parallel=4"),
+    (dict(model=ModelConfig(n_kv_heads=2), parallel=ParallelConfig(tensor_parallel=4)), 4,
+     "model.n_kv_heads=2 is not divisible by parallel.tensor_parallel=4"),
+    (dict(model=ModelConfig(n_layers=2), parallel=ParallelConfig(pipeline_parallel=4)), 4,
+     "model.n_layers=2 is less than parallel.pipeline_parallel=4"),
+    (dict(parallel=ParallelConfig(zero_stage=2, pipeline_parallel=2)), 2,
+     "parallel.zero_stage=2 cannot combine with pipeline_parallel=2"),
+    (dict(parallel=ParallelConfig(tensor_parallel=2)), 3, "world size 3 is not divisible"),
+    (dict(parallel=ParallelConfig(sequence_parallel=True)), 1, "sequence_parallel=true needs parallel.tensor_parallel > 1"),
+    (dict(trainer=TrainerConfig(global_batch_size=24, micro_batch_size=8)), 2, "use a multiple of 16"),
+])
+def test_impossible_layouts(kwargs, world, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        validate(Config(**kwargs), world_size=world)
+
+
+def test_derived_layout_and_deepspeed_config():
+    cfg = Config(parallel=ParallelConfig(zero_stage=2, tensor_parallel=2),
+                 trainer=TrainerConfig(global_batch_size=32, micro_batch_size=4))
+    layout = validate(cfg, world_size=8)
+    assert (layout.data, layout.grad_accum) == (4, 2)
+    ds = deepspeed_config(cfg, layout)
+    assert ds["train_batch_size"] == 32 and ds["gradient_accumulation_steps"] == 2
+    assert ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * layout.data == 32
+    assert ds["zero_optimization"]["stage"] == 2
+
+
+def test_fp16_loss_scaling_comes_from_config():
+    cfg = compose(["precision=fp16", "precision.initial_scale_power=12", "precision.hysteresis=3"])
+    fp16 = deepspeed_config(cfg, validate(cfg, world_size=1))["fp16"]
+    assert fp16 == {"enabled": True, "loss_scale": 0, "initial_scale_power": 12, "loss_scale_window": 1000,
+                    "hysteresis": 3, "min_loss_scale": 1.0}
+
+
+def test_from_dict_rejects_non_mapping():
+    with pytest.raises(ConfigError, match="model: expected a mapping"):
+        from_dict({"model": 3})

@@ -1,0 +1,130 @@
+"""Corpus, tokenizer and the prepared-data cache."""
+import json
+
+import numpy as np
+import pytest
+
+from bigtrain.config import DataConfig
+from bigtrain.data.corpus import DataError, load_corpus, split_documents
+from bigtrain.data.dataset import Batches, build_datasets
+from bigtrain.data.prepare import cache_key, check_enough_tokens, prepare
+
+
+def test_split_is_first_ninety_percent_of_text():
+    train, val = split_documents(["abcdefghij" * 10], 0.1)
+    assert train == ["abcdefghij" * 9] and val == ["abcdefghij"]
+    train, val = split_documents(["aaaa", "bbbb", "cc"], 0.5)  # cut at 5 chars
+    assert train == ["aaaa", "b"] and val == ["bbb", "cc"]
+
+
+def test_stdlib_corpus_is_found_without_download():
+    corpus = load_corpus(DataConfig(max_bytes=200_000))
+    assert len(corpus.documents) > 3
+    assert sum(map(len, corpus.documents)) <= 200_000
+    assert "def " in corpus.documents[0] or "import" in corpus.documents[0]
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe", "unigram"])
+def test_tokenizers_are_lossless(kind, corpus, cache_dir):
+    cfg = DataConfig(name=f"t-{kind}", source="text", path=str(corpus), tokenizer=kind, vocab_size=600,
+                     max_bytes=300_000, append_eod=False)
+    prepared = prepare(cfg, log=lambda *a: None)
+    tok = prepared.tokenizer
+    text = corpus.read_text()[:5000]
+    if kind != "char":  # byte fallback keeps characters the corpus never had
+        text += "\n  tabs\tand unicode: é ü 漢字\n"
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    if kind == "char":
+        chars = set(corpus.read_text()[: int(300_000 * 0.9)])
+        assert tok.vocab_size == len(chars) + 3  # each character, plus unk, bos, eos
+        assert len(tok.encode("First Citizen:\n")) == len("First Citizen:\n")
+    else:
+        assert len(ids) < len(text)  # merges happened
+
+
+def test_too_small_vocab_is_a_clear_error(corpus, cache_dir):
+    cfg = DataConfig(name="smallvocab", source="text", path=str(corpus), vocab_size=100, max_bytes=50_000)
+    with pytest.raises(DataError, match=r"data.vocab_size=100 is too small .* raise data.vocab_size"):
+        prepare(cfg, log=lambda *a: None)
+
+
+def test_prepared_files_hold_the_tokens(corpus, cache_dir):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    cfg = DataConfig(name="files", source="text", path=str(corpus), tokenizer="char", max_bytes=100_000,
+                     append_eod=False)
+    prepared = prepare(cfg, log=lambda *a: None)
+    text = corpus.read_text()[:100_000]
+    train = IndexedDataset(prepared.prefix("train"))
+    assert prepared.tokenizer.decode(train[0].tolist()) == text[:90_000]
+    val = IndexedDataset(prepared.prefix("val"))
+    assert prepared.tokenizer.decode(val[0].tolist()) == text[90_000:]
+    assert prepared.tokens("train") == 90_000 and prepared.tokens("val") == 10_000
+
+
+def test_cache_key_changes_with_every_input():
+    base = DataConfig()
+    keys = {cache_key(base, "corpus-a"), cache_key(base, "corpus-b"),
+            cache_key(DataConfig(tokenizer="unigram"), "corpus-a"),
+            cache_key(DataConfig(vocab_size=1000), "corpus-a"),
+            cache_key(DataConfig(val_fraction=0.2), "corpus-a"),
+            cache_key(DataConfig(append_eod=False), "corpus-a")}
+    assert len(keys) == 6
+
+
+def test_cache_reused_then_rebuilt_when_corrupt(corpus, cache_dir):
+    cfg = DataConfig(name="corrupt", source="text", path=str(corpus), tokenizer="char", max_bytes=50_000)
+    messages = []
+    first = prepare(cfg, log=messages.append)
+    assert any("preparing" in m for m in messages)
+    messages.clear()
+    assert prepare(cfg, log=messages.append).root == first.root and messages == []
+    bin_file = first.root / "train.bin"
+    bin_file.write_bytes(bin_file.read_bytes()[:-10])  # a truncated file
+    again = prepare(cfg, log=messages.append)
+    assert any("corrupt" in m for m in messages)
+    assert (again.root / "train.bin").stat().st_size == json.loads((again.root / "meta.json").read_text())["bytes"]["train"]["bin"]
+
+
+def test_changed_corpus_builds_new_cache(tmp_path, cache_dir):
+    path = tmp_path / "c.txt"
+    path.write_text("hello world\n" * 500)
+    cfg = DataConfig(name="changing", source="text", path=str(path), tokenizer="char")
+    a = prepare(cfg, log=lambda *a: None)
+    path.write_text("goodbye world\n" * 500)
+    b = prepare(cfg, log=lambda *a: None)
+    assert a.root != b.root and "g" in b.tokenizer.sp.id_to_piece(list(range(b.tokenizer.vocab_size)))
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "does not exist"),
+    (b"", "is empty"),
+    (b"\xff\xfe\x00bad", "is not UTF-8"),
+])
+def test_bad_text_files_get_clear_errors(tmp_path, content, message):
+    path = tmp_path / "corpus.txt"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_corpus(DataConfig(source="text", path=str(path)))
+
+
+def test_too_small_split_is_refused_before_gptdataset(tmp_path, cache_dir):
+    path = tmp_path / "small.txt"
+    path.write_text("tiny corpus " * 20)
+    prepared = prepare(DataConfig(name="small", source="text", path=str(path), tokenizer="char"),
+                       log=lambda *a: None)
+    with pytest.raises(DataError, match=r"val split .* has 25 tokens, fewer than model.seq_len \+ 1 = 65"):
+        check_enough_tokens(prepared, 64)
+
+
+def test_batches_depend_only_on_step_not_layout(corpus, cache_dir, world1):
+    cfg = DataConfig(name="batches", source="text", path=str(corpus), tokenizer="char", max_bytes=200_000)
+    prepared = prepare(cfg, log=lambda *a: None)
+    train, _ = build_datasets(prepared, 32, seed=1, train_samples=64, val_samples=16)
+    one = Batches(train, global_batch=8, micro_batch=8, dp_size=1, dp_rank=0).get(3, 0).tokens
+    parts = [Batches(train, 8, 2, 2, r).get(3, m).tokens for m in range(2) for r in range(2)]
+    assert np.array_equal(one.numpy(), np.concatenate([p.numpy() for p in parts]))
+    b = Batches(train, 8, 8, 1, 0).get(0, 0)
+    assert np.array_equal(b.labels[:, :-1].numpy(), b.tokens[:, 1:].numpy())
