@@ -79,7 +79,8 @@ class ParallelConfig:
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     sequence_parallel: bool = False
-    pipeline_partition: Literal["parameters", "uniform"] = "parameters"
+    # Split layers into stages balancing parameter counts, or transformer blocks per stage.
+    pipeline_partition: Literal["parameters", "layers"] = "parameters"
 
 
 @dataclass(frozen=True)

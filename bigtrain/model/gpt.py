@@ -130,13 +130,17 @@ class Block(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Token (+ learned or sinusoidal position) embedding; also the tied LM head."""
+    """Token (+ learned or sinusoidal position) embedding; also the tied LM head.
 
-    def __init__(self, cfg: ModelConfig, tp: TensorParallel, vocab: int, padded_vocab: int):
+    `positions=False` builds the copy a last pipeline stage holds only for the tied head.
+    """
+
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel, vocab: int, padded_vocab: int,
+                 positions: bool = True):
         super().__init__()
         self.sequence_parallel = tp.sequence_parallel
         self.word = tp.embedding(padded_vocab, cfg.d_model, cfg.init_std)
-        self.position = cfg.position
+        self.position = cfg.position if positions else "none"
         if cfg.position == "learned":
             self.pos = nn.Embedding(cfg.seq_len, cfg.d_model)
             nn.init.normal_(self.pos.weight, std=cfg.init_std)
@@ -149,7 +153,7 @@ class Embedding(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         T = tokens.shape[1]
-        x = self.word(tokens).transpose(0, 1)  # (B, T) -> (T, B, D)
+        x = self.word(tokens).transpose(0, 1).contiguous()  # (B, T) -> (T, B, D)
         if self.position == "learned":
             x = x + self.pos.weight[:T, None, :]  # (T, 1, D) broadcast over batch
         elif self.position == "sinusoidal":

@@ -1,0 +1,56 @@
+"""The decoder as DeepSpeed pipeline stages.
+
+The stage list is the layer list `GPT` chains in one process: embedding, blocks, final norm and
+head, seeded with the same per-layer seeds, so a pipelined model starts from exactly the weights
+of the unpipelined one. With tied embeddings the last stage holds a copy of the token embedding
+(without position embeddings) whose weight DeepSpeed keeps in sync with the first stage's.
+"""
+from __future__ import annotations
+
+from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
+from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+
+from bigtrain.config.schema import Config
+from bigtrain.model.gpt import Block, Embedding, FinalNorm, LMHead, lm_loss, seed_layer
+from bigtrain.parallel import layers as tpl
+from bigtrain.parallel.state import Ranks
+
+PARTITION = {"parameters": "parameters", "layers": "type:Block"}
+
+
+def _tied_logits(embedding: Embedding, hidden):
+    return embedding.logits(hidden)
+
+
+def _loss(logits, labels_and_mask):
+    labels, loss_mask = labels_and_mask
+    return lm_loss(logits, labels, loss_mask)
+
+
+def layer_specs(cfg: Config, tp: tpl.TensorParallel, vocab: int) -> list:
+    m = cfg.model
+    padded = tpl.padded_vocab(vocab, m.pad_vocab_multiple, tp.size)
+    if m.tie_embeddings:
+        first = TiedLayerSpec("embed", Embedding, m, tp, vocab, padded, tied_weight_attr="word.weight")
+        last = TiedLayerSpec("embed", Embedding, m, tp, vocab, padded, positions=False,
+                             forward_fn=_tied_logits, tied_weight_attr="word.weight")
+    else:
+        first, last = LayerSpec(Embedding, m, tp, vocab, padded), LayerSpec(LMHead, m, tp, vocab, padded)
+    return [first, *(LayerSpec(Block, m, tp) for _ in range(m.n_layers)), LayerSpec(FinalNorm, m, tp), last]
+
+
+def build_pipeline(cfg: Config, tp: tpl.TensorParallel, ranks: Ranks, vocab: int,
+                   checkpoint_activations: bool) -> PipelineModule:
+    layout = ranks.layout
+    # Axes (pipe, data, model): tensor-parallel ranks vary fastest, as in megatron-core.
+    topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data)
+    return PipelineModule(
+        layers=layer_specs(cfg, tp, vocab),
+        loss_fn=_loss,
+        topology=topology,
+        partition_method=PARTITION[cfg.parallel.pipeline_partition],
+        seed_layers=True, seed_fn=seed_layer, base_seed=cfg.trainer.seed,
+        activation_checkpoint_interval=1 if checkpoint_activations else 0,
+        activation_checkpoint_func=tpl.checkpoint,
+        checkpointable_layers=["Block"],
+    )
