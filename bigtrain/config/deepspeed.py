@@ -17,9 +17,16 @@ def deepspeed_config(cfg: Config, layout: Layout) -> dict:
         "zero_optimization": {"stage": cfg.parallel.zero_stage},
         "seed": t.seed,
     }
+    if prec.dtype != "fp32" and cfg.parallel.zero_stage == 0:
+        # Mixed precision runs on ZeRO stage 1 at least: at stage 0 DeepSpeed would step a bf16
+        # model's optimizer on bf16 weights, and its stage-0 fp16 optimizer does not scale a
+        # client optimizer's loss (every step is lost at a large scale). Stage 1 keeps fp32 master
+        # weights and dynamic loss scaling; with one data-parallel rank it shards nothing.
+        ds["zero_optimization"]["stage"] = 1
     if prec.dtype == "bf16":
         ds["bf16"] = {"enabled": True}
-        if prec.fp32_grad_accum:
+        if prec.fp32_grad_accum and ds["zero_optimization"]["stage"] == 1:
+            # fp32 gradient accumulation: DeepSpeed's BF16 optimizer, selected for stage 1 only.
             ds["data_types"] = {"grad_accum_dtype": "fp32"}
     elif prec.dtype == "fp16":
         ds["fp16"] = {

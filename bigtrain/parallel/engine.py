@@ -71,7 +71,9 @@ def build_engine(cfg: Config, ranks: Ranks, vocab: int, log=print):
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_at(step, o, cfg.trainer.max_steps) / o.lr)
     ds_config = deepspeed_config(cfg, layout)
-    log(f"4. ZeRO stage {cfg.parallel.zero_stage}, precision {cfg.precision.dtype}")
+    stage = ds_config["zero_optimization"]["stage"]
+    log(f"4. ZeRO stage {stage}, precision {cfg.precision.dtype}" +
+        (f" (stage {cfg.parallel.zero_stage} raised to 1 for fp32 master weights)" if stage != cfg.parallel.zero_stage else ""))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=ds_config, mpu=mpu)
     return engine

@@ -53,7 +53,7 @@ class Trainer:
                 record = {"step": done, "loss": loss, "lr": lr, "grad_norm": self.grad_norm(),
                           "consumed_samples": self.state.consumed_samples, **self.meter.measure(seconds)}
                 if self.cfg.precision.dtype == "fp16":
-                    record["loss_scale"] = float(self.engine.optimizer.cur_scale)
+                    record["loss_scale"] = loss_scale(self.engine.optimizer)
                 if eval_now:
                     self.last_val = self.evaluate()
                     record.update(val_loss=self.last_val, val_ppl=math.exp(min(self.last_val, 50.0)))
@@ -107,6 +107,14 @@ class Trainer:
         """The pre-clipping gradient norm of the last step."""
         norm = self._grad_norm if self.own_grad_norm else self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
+
+
+def loss_scale(optimizer) -> float:
+    """The current dynamic fp16 loss scale, wherever this DeepSpeed optimizer keeps it."""
+    config = getattr(optimizer, "loss_scale_config", None)
+    if config is not None:
+        return float(config.cur_scale)
+    return float(getattr(optimizer, "cur_scale", getattr(optimizer, "loss_scale", float("nan"))))
 
 
 def global_grad_norm(params) -> float:

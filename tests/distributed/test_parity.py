@@ -19,6 +19,11 @@ LAYOUTS = {
     "pp2": (GPT, 2, ["parallel=pp2", "trainer.micro_batch_size=2"]),
     "tp2_pp2": (LLAMA, 4, ["parallel=tp2_pp2", "trainer.micro_batch_size=2"]),
     "tp2_dp2_zero1": (GPT, 4, ["parallel=tp2", "parallel.zero_stage=1", "trainer.micro_batch_size=2"]),
+    # Activation checkpointing recomputes the same forward, so it keeps parity too.
+    "tp2_sp_checkpointed": (LLAMA, 2, ["parallel=tp2_sp", "trainer.micro_batch_size=4",
+                                       "trainer.activation_checkpointing=full"]),
+    "pp2_checkpointed": (GPT, 2, ["parallel=pp2", "trainer.micro_batch_size=2",
+                                  "trainer.activation_checkpointing=full"]),
 }
 _runs: dict = {}
 _report: dict = {}

@@ -102,6 +102,16 @@ def test_fp16_loss_scaling_comes_from_config():
                     "hysteresis": 3, "min_loss_scale": 1.0}
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_mixed_precision_keeps_fp32_master_weights(dtype):
+    cfg = compose([f"precision={dtype}"])
+    ds = deepspeed_config(cfg, validate(cfg, world_size=1))
+    assert ds["zero_optimization"]["stage"] == 1
+    assert ds.get("data_types") == ({"grad_accum_dtype": "fp32"} if dtype == "bf16" else None)
+    cfg = compose([f"precision={dtype}", "parallel=zero3"])
+    assert deepspeed_config(cfg, validate(cfg, world_size=1))["zero_optimization"]["stage"] == 3
+
+
 def test_from_dict_rejects_non_mapping():
     with pytest.raises(ConfigError, match="model: expected a mapping"):
         from_dict({"model": 3})
