@@ -34,7 +34,7 @@ def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
     from bigtrain.data.prepare import check_enough_tokens
     from bigtrain.metrics.peak import peak_tflops
     from bigtrain.metrics.sinks import Sinks
-    from bigtrain.metrics.throughput import Meter
+    from bigtrain.metrics.throughput import Meter, peak_memory_gb
     from bigtrain.model.flops import parameter_count, train_flops_per_token
     from bigtrain.parallel.layers import padded_vocab
     from bigtrain.parallel.engine import build_engine
@@ -56,7 +56,7 @@ def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
     engine = build_engine(cfg, ranks, vocab, log=log)
     seed_everything(t.seed, ranks)  # dropout streams independent of how many layers this rank built
     train_ds, val_ds = build_datasets(prepared, cfg.model.seq_len, t.seed,
-                                      t.max_steps * t.global_batch_size, t.eval_iters * t.global_batch_size)
+                                      t.max_steps * t.global_batch_size, None)
     batches = dict(global_batch=t.global_batch_size, micro_batch=t.micro_batch_size,
                    dp_size=layout.data, dp_rank=ranks.dp)
     peak, peak_source = peak_tflops(cfg.precision.dtype, cfg.logging.peak_tflops)
@@ -77,8 +77,13 @@ def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
     finally:
         if sinks:
             sinks.close()
+    memory = [None] * layout.world_size
+    torch.distributed.all_gather_object(memory, round(peak_memory_gb(), 4))
     summary = {"step": state.step, "val_loss": trainer.last_val,
-               "val_ppl": None if trainer.last_val is None else float(torch.tensor(trainer.last_val).exp())}
+               "val_ppl": None if trainer.last_val is None else float(torch.tensor(trainer.last_val).exp()),
+               "peak_mem_gb_per_rank": memory}
+    if t.eval_full_split_at_end:
+        summary["val_loss_full_split"] = trainer.evaluate(trainer.full_split_batches())
     if layout.pipeline == 1 and t.sample_tokens > 0:
         prompt = tokenizer.encode(t.sample_prompt) if t.sample_prompt else [tokenizer.eod]
         ids = generate(engine.module, prompt, t.sample_tokens, cfg.model.seq_len, t.sample_temperature,

@@ -114,7 +114,8 @@ class TrainerConfig:
     micro_batch_size: int = 8
     global_batch_size: int = 16
     eval_interval: int = 100
-    eval_iters: int = 10
+    eval_iters: int = 10  # global batches per evaluation (always the same ones)
+    eval_full_split_at_end: bool = False  # also evaluate the whole validation split at the end
     log_interval: int = 1
     save_interval: int = 0  # 0: save only at the end
     keep_last: int = 2

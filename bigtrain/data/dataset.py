@@ -23,8 +23,9 @@ class Batch:
     loss_mask: torch.Tensor  # (B, T) float32
 
 
-def build_datasets(prepared: Prepared, seq_len: int, seed: int, train_samples: int, val_samples: int):
-    """Train and validation `GPTDataset`s with at least the requested number of samples."""
+def build_datasets(prepared: Prepared, seq_len: int, seed: int, train_samples: int, val_samples: int | None):
+    """Train and validation `GPTDataset`s with at least the requested number of samples
+    (None: exactly one epoch of the split)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 

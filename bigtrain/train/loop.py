@@ -83,11 +83,12 @@ class Trainer:
         return lm_loss(logits, batch.labels.to(device), batch.loss_mask.to(device))
 
     @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean validation loss over `eval_iters` global batches (the same ones every time)."""
+    def evaluate(self, batches: int | None = None) -> float:
+        """Mean validation loss over `eval_iters` global batches (the same ones every time), or
+        over `batches` global batches (`full_split_batches()` covers the whole split once)."""
         self.engine.eval()
         losses = []
-        for i in range(self.cfg.trainer.eval_iters):
+        for i in range(batches or self.cfg.trainer.eval_iters):
             if self.pipelined:
                 batches = iter(self.val_batches.step_batches(i))
                 losses.append(self.engine.eval_batch(data_iter=_pipe_inputs(batches)).float())
@@ -95,6 +96,10 @@ class Trainer:
                 losses.extend(self.forward_loss(b).float() for b in self.val_batches.step_batches(i))
         self.engine.train()
         return self.data_parallel_mean(torch.stack(losses).mean())
+
+    def full_split_batches(self) -> int:
+        """Whole global batches in one pass over the validation split (a remainder is dropped)."""
+        return max(1, len(self.val_batches.dataset) // self.cfg.trainer.global_batch_size)
 
     def data_parallel_mean(self, value: torch.Tensor) -> float:
         if self.pipelined:  # DeepSpeed already averaged over data parallel and broadcast
