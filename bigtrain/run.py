@@ -32,16 +32,11 @@ def run(cfg: Config, run_dir: Path) -> dict:
 def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
     from bigtrain.data.dataset import Batches, build_datasets
     from bigtrain.data.prepare import check_enough_tokens
-    from bigtrain.metrics.peak import peak_tflops
     from bigtrain.metrics.sinks import Sinks
-    from bigtrain.metrics.throughput import Meter, peak_memory_gb
-    from bigtrain.model.flops import parameter_count, train_flops_per_token
-    from bigtrain.parallel.layers import padded_vocab
     from bigtrain.parallel.engine import build_engine
     from bigtrain.parallel.state import seed_everything
     from bigtrain.train.checkpoint import Checkpointer
     from bigtrain.train.loop import Trainer, TrainState
-    from bigtrain.train.sample import generate
 
     t, layout = cfg.trainer, ranks.layout
     prepared = _prepare_on_one_rank(cfg, ranks, log)
@@ -51,37 +46,73 @@ def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
     if vocab < tokenizer.vocab_size:
         raise ConfigError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size}: "
                           "set model.vocab_size=null to take the tokenizer's")
-    padded = padded_vocab(vocab, cfg.model.pad_vocab_multiple, layout.tensor)
     seed_everything(t.seed, ranks)
     engine = build_engine(cfg, ranks, vocab, log=log)
     seed_everything(t.seed, ranks)  # dropout streams independent of how many layers this rank built
-    train_ds, val_ds = build_datasets(prepared, cfg.model.seq_len, t.seed,
-                                      t.max_steps * t.global_batch_size, None)
+    checkpointer = Checkpointer(cfg, Path(t.ckpt_dir) if t.ckpt_dir else run_dir / "checkpoints", ranks, vocab,
+                                tokenizer.path)
+    resumed = checkpointer.resume(engine, log)
+    if resumed is None and cfg.model.init_from:
+        _import_weights(cfg, engine, ranks, vocab, log)
+    state = TrainState(resumed["step"], resumed["consumed_samples"]) if resumed else TrainState()
+    train_ds, val_ds = build_datasets(prepared, cfg.model.seq_len, t.seed, t.max_steps * t.global_batch_size, None)
     batches = dict(global_batch=t.global_batch_size, micro_batch=t.micro_batch_size,
                    dp_size=layout.data, dp_rank=ranks.dp)
-    peak, peak_source = peak_tflops(cfg.precision.dtype, cfg.logging.peak_tflops)
-    meter = Meter(tokens_per_step=t.global_batch_size * cfg.model.seq_len,
-                  flops_per_token=train_flops_per_token(cfg.model, vocab), devices=layout.world_size,
-                  peak_tflops=peak)
-    log(f"model: {cfg.model.name}, {parameter_count(cfg.model, padded):,} parameters, vocab {vocab}; "
-        f"data: {prepared.meta['corpus']} ({prepared.tokens('train'):,} train / "
-        f"{prepared.tokens('val'):,} val tokens); MFU peak: {peak} TFLOP/s ({peak_source})")
-    ckpt_dir = Path(t.ckpt_dir) if t.ckpt_dir else run_dir / "checkpoints"
-    checkpointer = Checkpointer(ckpt_dir, t.save_interval, t.keep_last, t.max_steps, ranks.is_main)
-    state = TrainState()
+    meter = _meter(cfg, vocab, layout, prepared, log)
     sinks = Sinks(cfg.logging, run_dir, t.max_steps, state.step, dataclasses.asdict(cfg)) if ranks.is_main else None
     trainer = Trainer(cfg, engine, ranks, Batches(train_ds, **batches), Batches(val_ds, **batches), meter,
                       sinks, checkpointer, state)
+    checkpointer.install_signal_handlers()
     try:
         trainer.fit()
     finally:
         if sinks:
             sinks.close()
+    return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, log)
+
+
+def _meter(cfg: Config, vocab: int, layout, prepared, log):
+    from bigtrain.metrics.peak import peak_tflops
+    from bigtrain.metrics.throughput import Meter
+    from bigtrain.model.flops import parameter_count, train_flops_per_token
+    from bigtrain.parallel.layers import padded_vocab
+
+    t = cfg.trainer
+    peak, peak_source = peak_tflops(cfg.precision.dtype, cfg.logging.peak_tflops)
+    padded = padded_vocab(vocab, cfg.model.pad_vocab_multiple, layout.tensor)
+    log(f"model: {cfg.model.name}, {parameter_count(cfg.model, padded):,} parameters, vocab {vocab}; "
+        f"data: {prepared.meta['corpus']} ({prepared.tokens('train'):,} train / "
+        f"{prepared.tokens('val'):,} val tokens); MFU peak: {peak} TFLOP/s ({peak_source})")
+    return Meter(tokens_per_step=t.global_batch_size * cfg.model.seq_len,
+                 flops_per_token=train_flops_per_token(cfg.model, vocab), devices=layout.world_size,
+                 peak_tflops=peak)
+
+
+def _import_weights(cfg: Config, engine, ranks, vocab: int, log) -> None:
+    """model.init_from: start from a Hugging Face folder's weights (continued pretraining)."""
+    from bigtrain.model.hf import load_hf_folder
+    from bigtrain.train import consolidated
+
+    tensors = load_hf_folder(Path(cfg.model.init_from), cfg.model, vocab)
+    consolidated.load(engine, Path(cfg.model.init_from), cfg, ranks, vocab, optimizer=False, tensors=tensors)
+    log(f"initialized weights from Hugging Face folder {cfg.model.init_from}")
+
+
+def _finish(cfg: Config, run_dir: Path, ranks, engine, trainer, tokenizer, log) -> dict:
+    """Final evaluation, memory report, text sample and summary.json."""
+    from bigtrain.metrics.throughput import peak_memory_gb
+    from bigtrain.train.sample import generate
+
+    t, layout, state = cfg.trainer, ranks.layout, trainer.state
     memory = [None] * layout.world_size
     torch.distributed.all_gather_object(memory, round(peak_memory_gb(), 4))
-    summary = {"step": state.step, "val_loss": trainer.last_val,
+    summary = {"step": state.step, "interrupted": trainer.interrupted, "val_loss": trainer.last_val,
                "val_ppl": None if trainer.last_val is None else float(torch.tensor(trainer.last_val).exp()),
                "peak_mem_gb_per_rank": memory}
+    if trainer.interrupted:
+        log(f"stopped by a signal after step {state.step}; the checkpoint is saved: relaunch the same "
+            "command to continue")
+        return summary
     if t.eval_full_split_at_end:
         summary["val_loss_full_split"] = trainer.evaluate(trainer.full_split_batches())
     if layout.pipeline == 1 and t.sample_tokens > 0:
@@ -91,8 +122,9 @@ def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
         summary["sample"] = t.sample_prompt + tokenizer.decode(ids)
     if ranks.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        log(f"\nvalidation loss {summary['val_loss']:.4f}, perplexity {summary['val_ppl']:.2f} "
-            f"after {state.step} steps")
+        if summary["val_loss"] is not None:
+            log(f"\nvalidation loss {summary['val_loss']:.4f}, perplexity {summary['val_ppl']:.2f} "
+                f"after {state.step} steps")
         if "sample" in summary:
             log("sample:\n" + "-" * 60 + "\n" + summary["sample"] + "\n" + "-" * 60)
     return summary
@@ -138,14 +170,20 @@ def _set_threads(world_size: int) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
 
 
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving; relaunch to continue
+
+
 def main(tree, run_dir: str) -> int:
     """Entry point for launch/pretrain.py: typed config errors become one line and exit code 2."""
     from bigtrain.config.hydra import to_config
 
+    from bigtrain.model.hf import ExportError
+    from bigtrain.train.checkpoint import CheckpointError
+
     try:
         cfg = to_config(tree)
-        run(cfg, Path(run_dir))
-    except (ConfigError, DataError) as err:
+        summary = run(cfg, Path(run_dir))
+    except (ConfigError, DataError, CheckpointError, ExportError) as err:
         print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
         return 2
-    return 0
+    return EXIT_INTERRUPTED if summary.get("interrupted") else 0

@@ -51,7 +51,8 @@ def _cpu_name() -> str:
 
 def measure_cpu_peak(dtype: torch.dtype, seconds: float = 1.0, n: int = 1024) -> float:
     """Best TFLOP/s of n×n matmuls over ~`seconds`."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)  # never touch the training RNG streams
+    a, b = torch.randn(n, n, generator=gen).to(dtype), torch.randn(n, n, generator=gen).to(dtype)
     best, deadline = 0.0, time.perf_counter() + seconds
     for _ in range(2):
         a @ b  # warm up

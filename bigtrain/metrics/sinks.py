@@ -9,6 +9,15 @@ from pathlib import Path
 from bigtrain.config.schema import LoggingConfig
 
 
+def _drop_rows_after(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    tmp.replace(path)
+
+
 class Sinks:
     def __init__(self, cfg: LoggingConfig, run_dir: Path, total_steps: int, start_step: int,
                  run_config: dict):
@@ -18,7 +27,9 @@ class Sinks:
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                             dynamic_ncols=True, file=sys.stdout, mininterval=1.0)
         if cfg.jsonl:
-            self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+            path = run_dir / "metrics.jsonl"
+            _drop_rows_after(path, start_step)  # steps a crashed run logged past its last checkpoint
+            self.jsonl = open(path, "a", buffering=1)
         if cfg.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))

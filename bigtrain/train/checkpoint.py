@@ -1,34 +1,235 @@
-"""Checkpoints through DeepSpeed's engine: model, optimizer, LR schedule and bigtrain's state."""
+"""Checkpoints that never lose a run.
+
+A checkpoint `step_XXXXXXXX/` holds three things:
+  * DeepSpeed's native files (model, optimizer, LR schedule, fp16 loss scaler): a relaunch with
+    the same layout resumes from them bit for bit;
+  * `rng/rank<R>.pt`: every rank's Python, numpy, torch and megatron-tracker RNG states
+    (tensors only, loaded with `weights_only=True`);
+  * `bigtrain/`: a layout-independent copy (`consolidated.py`): full, unsharded fp32 weights and
+    Adam moments in safetensors, per pipeline stage, plus `meta.json` (step, consumed samples,
+    model config, layout) and the tokenizer. Resuming under a different layout, exporting to
+    Hugging Face and sampling read this copy.
+
+Writes are atomic: everything goes to `step_XXXXXXXX.partial/`, which rank 0 renames once all
+ranks are done, then it points `latest` at it (write to a temporary file, then rename). A crash
+mid-write leaves only a `.partial` folder, which resume ignores and the next save removes.
+"""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import random
 import shutil
+import signal
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from bigtrain.config.schema import Config, ConfigError, ModelConfig
+from bigtrain.parallel.state import Ranks
+from bigtrain.train import consolidated
+
+PARTIAL = ".partial"
+# Model settings that change the weights' shapes or meaning; the rest (name, dropout) may differ.
+MODEL_IDENTITY = ("n_layers", "n_heads", "n_kv_heads", "d_model", "ffn_hidden", "position", "norm",
+                  "activation", "bias", "tie_embeddings", "seq_len", "rope_theta")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message names the difference and the fix."""
+
+
+def tag(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """Finished checkpoints, oldest first (a folder counts once its meta.json is written)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.glob("step_*") if not p.name.endswith(PARTIAL)
+                  and (p / "bigtrain" / "meta.json").is_file())
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    pointer = root / "latest"
+    if pointer.is_file():
+        candidate = root / pointer.read_text().strip()
+        if (candidate / "bigtrain" / "meta.json").is_file():
+            return candidate
+    found = complete_checkpoints(root)
+    return found[-1] if found else None
+
+
+def resolve(path: str | Path) -> Path:
+    """A run directory, a checkpoints folder or one checkpoint → that checkpoint."""
+    path = Path(path)
+    if (path / "bigtrain" / "meta.json").is_file():
+        return path
+    for root in (path, path / "checkpoints"):
+        found = latest_checkpoint(root)
+        if found:
+            return found
+    raise CheckpointError(f"no complete bigtrain checkpoint under {path}: pass a run directory, its "
+                          "checkpoints/ folder or a checkpoints/step_XXXXXXXX folder")
+
+
+def read_meta(ckpt: Path) -> dict:
+    return json.loads((ckpt / "bigtrain" / "meta.json").read_text())
+
+
+def check_model_matches(saved: dict, wanted: ModelConfig, where: Path) -> None:
+    wanted_dict = dataclasses.asdict(wanted)
+    diffs = [f"model.{k}: checkpoint {saved.get(k)!r}, requested {wanted_dict[k]!r}"
+             for k in MODEL_IDENTITY if saved.get(k) != wanted_dict[k]]
+    if diffs:
+        raise CheckpointError(f"the checkpoint {where} holds a different model ({'; '.join(diffs)}): "
+                              "request the same model settings, or use another run directory / trainer.ckpt_dir")
 
 
 class Checkpointer:
-    def __init__(self, root: Path, interval: int, keep_last: int, max_steps: int, is_main: bool):
-        self.root, self.interval, self.keep_last = Path(root), interval, keep_last
-        self.max_steps, self.is_main = max_steps, is_main
+    def __init__(self, cfg: Config, root: Path, ranks: Ranks, vocab: int, tokenizer_file: Path):
+        t = cfg.trainer
+        self.cfg, self.root, self.ranks = cfg, Path(root), ranks
+        self.interval, self.keep_last, self.max_steps = t.save_interval, t.keep_last, t.max_steps
+        self.vocab, self.tokenizer_file = vocab, tokenizer_file
+        self.stop_requested = False
 
-    @staticmethod
-    def tag(step: int) -> str:
-        return f"step_{step:08d}"
+    # ---- cadence and signals -------------------------------------------------------------
 
     def due(self, step: int) -> bool:
         return step == self.max_steps or (self.interval > 0 and step % self.interval == 0)
 
+    def install_signal_handlers(self) -> None:
+        """SIGTERM (Slurm preemption, time limit) and SIGUSR1 ask for a checkpoint and a clean exit."""
+        def handler(signum, frame):
+            self.stop_requested = True
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, handler)
+
+    def should_stop(self) -> bool:
+        """True on every rank once any rank was signalled (one tiny all-reduce per step)."""
+        flag = torch.tensor([1.0 if self.stop_requested else 0.0])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    # ---- saving --------------------------------------------------------------------------
+
     def save(self, engine, state) -> Path:
-        tag = self.tag(state.step)
-        engine.save_checkpoint(str(self.root), tag=tag, client_state={"bigtrain": dataclasses.asdict(state)})
+        final, staging = self.root / tag(state.step), self.root / (tag(state.step) + PARTIAL)
+        rng = _capture_rng()  # saving may draw random numbers (DeepSpeed's pipeline does)
+        # A PipelineModule reseeds every layer's forward from its count of micro-batches seen.
+        rng["pipe_micro_offset"] = getattr(engine.module, "micro_offset", 0)
+        if self.ranks.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            for stale in self.root.glob(f"step_*{PARTIAL}"):  # left by a crash mid-write
+                shutil.rmtree(stale, ignore_errors=True)
         torch.distributed.barrier()
-        if self.is_main:
+        engine.save_checkpoint(str(self.root), tag=staging.name, save_latest=False,
+                               client_state={"bigtrain": dataclasses.asdict(state)})
+        (staging / "rng").mkdir(parents=True, exist_ok=True)
+        torch.save(rng, staging / "rng" / f"rank{self.ranks.rank}.pt")
+        _restore_rng(rng)  # so a run that saves trains exactly like one that does not
+        consolidated.save(engine, staging / "bigtrain", self.cfg, self.ranks, self.vocab)
+        torch.distributed.barrier()
+        _fault_point("save", state.step)
+        if self.ranks.is_main:
+            shutil.copy(self.tokenizer_file, staging / "bigtrain" / "tokenizer.model")
+            meta = {"step": state.step, "consumed_samples": state.consumed_samples, "vocab_size": self.vocab,
+                    "model": dataclasses.asdict(self.cfg.model), "data": dataclasses.asdict(self.cfg.data),
+                    "layout": dataclasses.asdict(self.ranks.layout), "zero_stage": self.cfg.parallel.zero_stage,
+                    "precision": self.cfg.precision.dtype, "adam_step": consolidated.adam_step(engine),
+                    "loss_scale": _loss_scale_or_none(engine)}
+            (staging / "bigtrain" / "meta.json").write_text(json.dumps(meta, indent=1))
+            if final.exists():
+                shutil.rmtree(final)
+            staging.rename(final)
+            pointer = self.root / "latest.tmp"
+            pointer.write_text(final.name)
+            pointer.replace(self.root / "latest")
             self._prune()
-        return self.root / tag
+        torch.distributed.barrier()
+        return final
 
     def _prune(self) -> None:
-        tags = sorted(p for p in self.root.glob("step_*") if p.is_dir())
-        for old in tags[: max(0, len(tags) - self.keep_last)]:
+        for old in complete_checkpoints(self.root)[: -self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
+
+    # ---- resuming ------------------------------------------------------------------------
+
+    def resume(self, engine, log) -> dict | None:
+        """Load the latest complete checkpoint, if any; returns its meta (step, samples)."""
+        ckpt = latest_checkpoint(self.root)
+        if ckpt is None:
+            return None
+        meta = read_meta(ckpt)
+        check_model_matches(meta["model"], self.cfg.model, ckpt)
+        same_layout = (meta["layout"] == dataclasses.asdict(self.ranks.layout)
+                       and meta["zero_stage"] == self.cfg.parallel.zero_stage
+                       and meta["precision"] == self.cfg.precision.dtype)
+        if same_layout:
+            engine.load_checkpoint(str(self.root), tag=ckpt.name, load_optimizer_states=True,
+                                   load_lr_scheduler_states=True)
+            rng = _load_rng(ckpt / "rng" / f"rank{self.ranks.rank}.pt")
+            if rng and hasattr(engine.module, "micro_offset"):
+                engine.module.micro_offset = rng["pipe_micro_offset"]
+            how = "exactly (same layout)"
+        else:
+            consolidated.load(engine, ckpt / "bigtrain", self.cfg, self.ranks, self.vocab, optimizer=True)
+            consolidated.restore_schedule(engine, meta)
+            how = (f"resharded from tensor {meta['layout']['tensor']} × pipeline {meta['layout']['pipeline']} × "
+                   f"data {meta['layout']['data']} (ZeRO {meta['zero_stage']}, {meta['precision']})")
+        log(f"resuming from {ckpt} at step {meta['step']} ({meta['consumed_samples']} samples), {how}")
+        return meta
+
+
+def _loss_scale_or_none(engine) -> float | None:
+    from bigtrain.train.loop import loss_scale
+    return loss_scale(engine.optimizer) if engine.fp16_enabled() else None
+
+
+def _capture_rng() -> dict:
+    """Every RNG stream of this rank, as tensors and numbers (loadable with weights_only)."""
+    from megatron.core import tensor_parallel
+
+    version, py_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "python": torch.tensor(py_state, dtype=torch.int64), "python_version": version,
+        "python_gauss": gauss,
+        "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_pos": pos, "numpy_has_gauss": has_gauss,
+        "numpy_cached": cached, "torch": torch.get_rng_state(),
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _load_rng(path: Path) -> dict | None:
+    if not path.is_file():  # absent when saved by fewer ranks: keep the freshly seeded streams
+        return None
+    states = torch.load(path, weights_only=True)
+    _restore_rng(states)
+    return states
+
+
+def _restore_rng(s: dict) -> None:
+    from megatron.core import tensor_parallel
+
+    random.setstate((s["python_version"], tuple(s["python"].tolist()), s["python_gauss"]))
+    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"],
+                         s["numpy_has_gauss"], s["numpy_cached"]))
+    torch.set_rng_state(s["torch"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(s["tracker"])
+    if torch.cuda.is_available() and "cuda" in s:
+        torch.cuda.set_rng_state(s["cuda"])
+
+
+def _fault_point(where: str, step: int) -> None:
+    """Fault injection for the crash-safety tests: BIGTRAIN_FAULT=save:<step> kills rank 0 after
+    every rank wrote its files for that step but before the checkpoint is published."""
+    if os.environ.get("BIGTRAIN_FAULT") == f"{where}:{step}" and torch.distributed.get_rank() == 0:
+        os._exit(17)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -31,6 +33,7 @@ class Trainer:
         self.sinks, self.checkpointer, self.state = sinks, checkpointer, state
         self.pipelined = ranks.layout.pipeline > 1
         self.last_val: float | None = None
+        self.interrupted = False
         # DeepSpeed reports no gradient norm for a plain (ZeRO-0, fp32) client optimizer.
         self.own_grad_norm = not self.pipelined and engine.get_global_grad_norm() is None and \
             cfg.parallel.zero_stage == 0 and cfg.precision.dtype == "fp32"
@@ -59,8 +62,13 @@ class Trainer:
                     record.update(val_loss=self.last_val, val_ppl=math.exp(min(self.last_val, 50.0)))
                 if self.sinks:
                     self.sinks.log(record)
-            if self.checkpointer.due(done):
+            signal_for_tests(done)
+            stop = self.checkpointer.should_stop()
+            if self.checkpointer.due(done) or stop:
                 self.checkpointer.save(self.engine, self.state)
+            if stop:
+                self.interrupted = True
+                return
 
     def train_step(self, step: int) -> float:
         """One optimizer step over the global batch; returns the mean loss over it."""
@@ -135,6 +143,13 @@ def global_grad_norm(params) -> float:
             total += p.grad.detach().double().pow(2).sum().cpu()
     torch.distributed.all_reduce(total, group=model_parallel_group())
     return float(total.sqrt())
+
+
+def signal_for_tests(step: int) -> None:
+    """BIGTRAIN_SIGNAL_AT_STEP=N: rank 0 sends itself SIGTERM after step N, exercising the real
+    preemption path at a deterministic point (tests of exact resume use it)."""
+    if os.environ.get("BIGTRAIN_SIGNAL_AT_STEP") == str(step) and torch.distributed.get_rank() == 0:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _pipe_inputs(batches):

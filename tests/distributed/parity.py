@@ -23,12 +23,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_layout_raw(corpus: Path, out: Path, ranks: int, overrides: list[str], timeout: int = 600,
+                   env: dict | None = None):
+    """Launch `ranks` processes through the deepspeed launcher in run directory out/run."""
+    args = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
+            "launch/pretrain.py", f"data.path={corpus}", f"hydra.run.dir={out / 'run'}", *COMMON, *overrides]
+    return launch(args, ROOT, timeout=timeout, env=env)
+
+
 def run_layout(corpus: Path, out: Path, ranks: int, overrides: list[str], timeout: int = 600) -> list[dict]:
     """Train STEPS steps with `ranks` processes; return metrics.jsonl rows."""
     run_dir = out / "run"
-    args = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
-            "launch/pretrain.py", f"data.path={corpus}", f"hydra.run.dir={run_dir}", *COMMON, *overrides]
-    proc = launch(args, ROOT, timeout=timeout)
+    proc = run_layout_raw(corpus, out, ranks, overrides, timeout)
     rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
     if len(rows) != STEPS:
         raise AssertionError(f"{overrides} with {ranks} ranks wrote {len(rows)} of {STEPS} steps "
