@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from bigtrain.config.schema import Config
 from bigtrain.parallel import layers as tpl
-from bigtrain.parallel.state import Ranks, data_parallel_group, tensor_parallel_group
+from bigtrain.parallel.state import Ranks, tensor_parallel_group
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 VOCAB_ROWS = ("embed.word.weight", "head.proj.weight")
@@ -157,6 +157,8 @@ def load(engine, folder: Path, cfg: Config, ranks: Ranks, vocab: int, optimizer:
         import json
         meta_step = json.loads((folder / "meta.json").read_text())["adam_step"]
     inner = _inner_optimizer(engine)
+    if optimizer:
+        _ensure_optimizer_state(engine)
     for name, p in local_params(engine.module, cfg.model.n_layers):
         if name not in weights:
             raise ValueError(f"{name} is missing from the checkpoint at {folder}")
@@ -177,6 +179,20 @@ def load(engine, folder: Path, cfg: Config, ranks: Ranks, vocab: int, optimizer:
         for state in inner.state.values():
             if "step" in state:
                 state["step"] = torch.tensor(float(meta_step))
+
+
+def _ensure_optimizer_state(engine) -> None:
+    """torch's AdamW creates its state at the first step; create it now so there is somewhere to
+    load the moments into (DeepSpeed keeps it on its flat fp32 partitions)."""
+    inner = _inner_optimizer(engine)
+    flat = [p for group in inner.param_groups for p in group["params"]]
+    # ZeRO-3 hands its fp32 partitions to the optimizer only during step().
+    flat += list(getattr(engine.optimizer, "fp32_partitioned_groups_flat", []))
+    for p in flat:
+        state = inner.state[p]
+        if "exp_avg" not in state:
+            state.update(step=torch.tensor(0.0), exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+    _link_optimizer_state(engine)
 
 
 def _set_model_weight(p, value: torch.Tensor) -> None:
