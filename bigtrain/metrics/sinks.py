@@ -35,7 +35,7 @@ class Sinks:
             self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         if cfg.wandb:
             import wandb
-            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
+            mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"  # no key: log locally
             self.wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), mode=mode,
                                     config=run_config, name=run_dir.name, resume="allow")
 

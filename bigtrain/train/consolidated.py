@@ -61,15 +61,15 @@ def adam_step(engine) -> int:
 def _full_fp32(p: torch.nn.Parameter) -> torch.Tensor:
     from deepspeed.utils import safe_get_full_fp32_param
     value = safe_get_full_fp32_param(p)  # ZeRO / mixed precision: the fp32 master copy
-    return (p.detach() if value is None else value).float().cpu()
+    return (p.detach() if value is None else value).float()
 
 
 def _full_moment(engine, p, key: str) -> torch.Tensor:
     from deepspeed.utils import safe_get_full_optimizer_state
     if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
-        return safe_get_full_optimizer_state(p, key).float().cpu()
+        return safe_get_full_optimizer_state(p, key).float()
     state = _inner_optimizer(engine).state.get(p, {})
-    return state[key].float().cpu() if key in state else torch.zeros(p.shape)
+    return state[key].float() if key in state else torch.zeros(p.shape, device=p.device)
 
 
 def _gather_tp(local: torch.Tensor, p) -> torch.Tensor:
@@ -105,7 +105,7 @@ def save(engine, out: Path, cfg: Config, ranks: Ranks, vocab: int) -> None:
         if name.startswith("embed.") and not ranks.is_first_stage:
             continue  # the last stage's copy of the tied embedding
         tensors = {"": _full_fp32(p), **{k: _full_moment(engine, p, k) for k in MOMENTS}}
-        tensors = {k: _gather_tp(v, p) for k, v in tensors.items()}
+        tensors = {k: _gather_tp(v, p).cpu() for k, v in tensors.items()}  # gathered on device
         if name in VOCAB_ROWS:
             tensors = {k: v[:vocab] for k, v in tensors.items()}
         weights[name] = tensors.pop("").contiguous()

@@ -137,10 +137,11 @@ def global_grad_norm(params) -> float:
     every tensor-parallel rank; replicated ones are counted on tensor-parallel rank 0 only.
     """
     tp_rank = tensor_parallel_rank_and_size()[0]
-    total = torch.zeros((), dtype=torch.float64)
+    params = list(params)
+    total = torch.zeros((), dtype=torch.float64, device=params[0].device)
     for p in params:
         if p.grad is not None and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0):
-            total += p.grad.detach().double().pow(2).sum().cpu()
+            total += p.grad.detach().double().pow(2).sum()
     torch.distributed.all_reduce(total, group=model_parallel_group())
     return float(total.sqrt())
 

@@ -70,3 +70,15 @@ def test_missing_corpus_is_a_clear_error(tmp_path):
                    f"data.path={tmp_path}/nope.txt"], ROOT, timeout=180)
     assert proc.returncode == 2
     assert "does not exist or is not a file: pass an existing text file" in proc.stderr
+
+
+def test_wandb_offline_and_tensorboard(corpus, cache_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    env = {"WANDB_API_KEY": "", "WANDB_SILENT": "true"}
+    proc = launch([PYTHON, "launch/pretrain.py", *tiny_args(corpus, run_dir, 3, ["logging.wandb=true"])], ROOT,
+                  env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline and offline[0].stat().st_size > 0
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100

@@ -1,0 +1,48 @@
+"""Dropout under tensor parallel: replicated activations draw the same mask on every
+tensor-parallel rank; sharded ones (attention heads, sequence-parallel slices) draw their own
+from megatron-core's RNG tracker. Two gloo processes, spawned directly."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+pytestmark = pytest.mark.distributed
+
+
+def _worker(rank: int, port: int, queue) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    from bigtrain.config.validate import Layout
+    from bigtrain.model.gpt import ResidualDropout
+    from bigtrain.parallel.layers import rng_fork
+    from bigtrain.parallel.state import destroy, init_distributed, seed_everything
+
+    ranks = init_distributed(Layout(world_size=2, tensor=2, pipeline=1, data=1, grad_accum=1))
+    seed_everything(7, ranks)
+    x = torch.ones(64, 64)
+    replicated = ResidualDropout(0.5, sequence_parallel=False)(x)
+    sharded = ResidualDropout(0.5, sequence_parallel=True)(x)
+    with rng_fork():
+        heads = torch.nn.functional.dropout(x, 0.5, True)
+    queue.put((rank, replicated, sharded, heads))
+    destroy()
+
+
+def test_dropout_masks_across_tensor_parallel_ranks():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = dict((r, rest) for r, *rest in (queue.get(timeout=120) for _ in procs))
+    for p in procs:
+        p.join(timeout=60)
+    (rep0, sp0, heads0), (rep1, sp1, heads1) = results[0], results[1]
+    assert torch.equal(rep0, rep1)  # the same mask on replicated activations
+    assert not torch.equal(sp0, sp1) and not torch.equal(heads0, heads1)  # their own masks on shards
+    assert 0.4 < (rep0 == 0).float().mean() < 0.6
