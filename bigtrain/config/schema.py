@@ -117,7 +117,7 @@ class TrainerConfig:
     eval_iters: int = 10  # global batches per evaluation (always the same ones)
     eval_full_split_at_end: bool = False  # also evaluate the whole validation split at the end
     log_interval: int = 1
-    save_interval: int = 0  # 0: save only at the end
+    save_interval: int = 1000  # also at the end and on SIGTERM/SIGUSR1; 0: only then
     keep_last: int = 2
     seed: int = 1234
     activation_checkpointing: Literal["none", "full"] = "none"
