@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bigtrain.config.schema import Config, ConfigError, ModelConfig
+from bigtrain.config.schema import Config, ModelConfig
 from bigtrain.parallel.state import Ranks
 from bigtrain.train import consolidated
 

@@ -1,6 +1,5 @@
 """Exact resume: stopped by SIGTERM after step 6 and relaunched, a run has bitwise the same
 per-step losses and final weights as an uninterrupted run (fp32, dropout on, so RNG matters)."""
-import json
 
 import pytest
 import torch
