@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,6 +19,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bigtrain
+from bigtrain.parallel.state import free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ["model=tiny", "model.n_layers=4", "model.d_model=256", "model.n_heads=4", "model.n_kv_heads=2",
@@ -35,12 +37,6 @@ LAYOUTS = {  # name: (ranks, overrides)
     "tp2_pp2": (4, ["parallel=tp2_pp2", "trainer.micro_batch_size=2"]),
     "tp2_dp2_zero1": (4, ["parallel=tp2", "parallel.zero_stage=1", "trainer.micro_batch_size=4"]),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(name: str, ranks: int, overrides: list[str], args, workdir: Path) -> dict:

@@ -4,6 +4,9 @@
 """
 import argparse
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bigtrain
 
 from bigtrain.model.hf import ExportError
 from bigtrain.tools import export_hf

@@ -4,6 +4,9 @@
 """
 import argparse
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bigtrain
 
 from bigtrain.tools import generate_text
 from bigtrain.train.checkpoint import CheckpointError

@@ -4,6 +4,9 @@ Also runs under `torchrun` and plain `python`. Overrides are Hydra's; see conf/ 
 """
 import os
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bigtrain
 
 # The deepspeed launcher appends --local_rank=N, which Hydra would reject as an override.
 for i, arg in enumerate(list(sys.argv)):

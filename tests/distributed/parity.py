@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from pathlib import Path
 
+from bigtrain.parallel.state import free_port
 from tests.conftest import ROOT, launch, read_metrics
 
 STEPS = 20
@@ -15,12 +15,6 @@ COMMON = ["data=shakespeare_char", f"trainer.max_steps={STEPS}", "trainer.global
           f"trainer.eval_interval={STEPS}", "trainer.eval_iters=1", "trainer.sample_tokens=0",
           "precision=fp32", "model.dropout=0.0", "optim.warmup_steps=2", "optim.lr=1e-3",
           "logging.progress_bar=false", "logging.tensorboard=false"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_layout_raw(corpus: Path, out: Path, ranks: int, overrides: list[str], timeout: int = 600,

@@ -2,11 +2,12 @@
 tensor-parallel rank; sharded ones (attention heads, sequence-parallel slices) draw their own
 from megatron-core's RNG tracker. Two gloo processes, spawned directly."""
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+
+from bigtrain.parallel.state import free_port
 
 pytestmark = pytest.mark.distributed
 
@@ -31,9 +32,7 @@ def _worker(rank: int, port: int, queue) -> None:
 
 
 def test_dropout_masks_across_tensor_parallel_ranks():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(2)]
