@@ -35,8 +35,7 @@ class Trainer:
         self.last_val: float | None = None
         self.interrupted = False
         # DeepSpeed reports no gradient norm for a plain (ZeRO-0, fp32) client optimizer.
-        self.own_grad_norm = not self.pipelined and engine.get_global_grad_norm() is None and \
-            cfg.parallel.zero_stage == 0 and cfg.precision.dtype == "fp32"
+        self.own_grad_norm = not self.pipelined and cfg.parallel.zero_stage == 0 and cfg.precision.dtype == "fp32"
         self._grad_norm: float | None = None
 
     def fit(self) -> None:
