@@ -1,11 +1,12 @@
 """An independent plain-PyTorch run of nanoGPT's shakespeare_char CPU recipe (no bigtrain code).
 
-    python benchmarks/reference_shakespeare.py ../shared/data/tinyshakespeare.txt 1337
+    python benchmarks/reference_shakespeare.py ../shared/data/tinyshakespeare.txt 1337 [learned|rope]
 
 Same recipe as experiment=shakespeare_char_cpu: character vocabulary, first 90% train, 4 layers,
 4 heads, 128 dim, block 64, batch 12, 2000 iterations, AdamW (0.9, 0.99), weight decay 0.1 on
 matrices, lr 1e-3 warmup 100 then cosine to 1e-4, clip 1.0, dropout 0, no biases, tied head;
-batches are random windows, as nanoGPT samples them. Prints one JSON line: validation loss over
+batches are random windows, as nanoGPT samples them. Positions are learned (nanoGPT's GPT-2
+block, the default) or rotary (the bigtrain preset). Prints one JSON line: validation loss over
 20 random batches of 12 (nanoGPT's estimate), over the whole split, and the train loss.
 """
 import json
@@ -18,6 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 
 V_D, HEADS, LAYERS, BLOCK, BATCH, ITERS = 128, 4, 4, 64, 12, 2000
+ROTARY = len(sys.argv) > 3 and sys.argv[3] == "rope"
+
+
+def rotate(x):
+    """Rotary positions on (batch, heads, time, head_dim): rotate pairs (i, i + half) by t * 10000^(-2i/d)."""
+    t, d = x.shape[2], x.shape[3]
+    angle = torch.arange(t, dtype=torch.float32)[:, None] * 10000.0 ** (-torch.arange(0, d, 2) / d)
+    cos, sin = angle.cos(), angle.sin()
+    a, b = x[..., : d // 2], x[..., d // 2:]
+    return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
 
 
 class Block(nn.Module):
@@ -30,6 +41,8 @@ class Block(nn.Module):
     def forward(self, x):
         b, t, _ = x.shape
         q, k, v = (z.view(b, t, HEADS, -1).transpose(1, 2) for z in self.qkv(self.ln1(x)).split(V_D, 2))
+        if ROTARY:
+            q, k = rotate(q), rotate(k)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, V_D)
         x = x + self.out(y)
         return x + self.down(F.gelu(self.up(self.ln2(x))))
@@ -38,7 +51,8 @@ class Block(nn.Module):
 class Model(nn.Module):
     def __init__(self, vocab):
         super().__init__()
-        self.tok, self.pos = nn.Embedding(vocab, V_D), nn.Embedding(BLOCK, V_D)
+        self.tok = nn.Embedding(vocab, V_D)
+        self.pos = None if ROTARY else nn.Embedding(BLOCK, V_D)
         self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
         self.ln = nn.LayerNorm(V_D, bias=False)
         for m in self.modules():
@@ -49,7 +63,7 @@ class Model(nn.Module):
                 nn.init.normal_(w, 0.0, 0.02 / math.sqrt(2 * LAYERS))
 
     def forward(self, x, y):
-        h = self.tok(x) + self.pos.weight[: x.shape[1]]
+        h = self.tok(x) if ROTARY else self.tok(x) + self.pos.weight[: x.shape[1]]
         for blk in self.blocks:
             h = blk(h)
         logits = F.linear(self.ln(h), self.tok.weight)

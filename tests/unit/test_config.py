@@ -43,6 +43,7 @@ def test_shakespeare_recipe_matches_nanogpt():
     cfg = compose(["experiment=shakespeare_char_cpu", "data.path=/x.txt"])
     m, o, t = cfg.model, cfg.optim, cfg.trainer
     assert (m.n_layers, m.n_heads, m.d_model, m.seq_len, m.dropout) == (4, 4, 128, 64, 0.0)
+    assert (m.position, m.norm, m.activation, m.bias, m.tie_embeddings) == ("rope", "layernorm", "gelu", False, True)
     assert (t.global_batch_size, t.max_steps) == (12, 2000)
     assert (o.lr, o.min_lr, o.warmup_steps, o.decay_steps, o.beta2, o.weight_decay, o.grad_clip) == \
         (1e-3, 1e-4, 100, 2000, 0.99, 0.1, 1.0)
