@@ -30,7 +30,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
 
 
 def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
-    from bigtrain.data.dataset import Batches, build_datasets
+    from bigtrain.data.dataset import Batches, Prefetched, build_datasets
     from bigtrain.data.prepare import check_enough_tokens
     from bigtrain.metrics.sinks import Sinks
     from bigtrain.parallel.engine import build_engine
@@ -60,12 +60,14 @@ def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
                    dp_size=layout.data, dp_rank=ranks.dp)
     meter = _meter(cfg, vocab, layout, prepared, log)
     sinks = Sinks(cfg.logging, run_dir, t.max_steps, state.step, dataclasses.asdict(cfg)) if ranks.is_main else None
-    trainer = Trainer(cfg, engine, ranks, Batches(train_ds, **batches), Batches(val_ds, **batches), meter,
+    train_batches = Prefetched(Batches(train_ds, **batches))
+    trainer = Trainer(cfg, engine, ranks, train_batches, Batches(val_ds, **batches), meter,
                       sinks, checkpointer, state)
     checkpointer.install_signal_handlers()
     try:
         trainer.fit()
     finally:
+        train_batches.close()
         if sinks:
             sinks.close()
     return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, log)

@@ -76,4 +76,8 @@ def build_engine(cfg: Config, ranks: Ranks, vocab: int, log=print):
         (f" (stage {cfg.parallel.zero_stage} raised to 1 for fp32 master weights)" if stage != cfg.parallel.zero_stage else ""))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=ds_config, mpu=mpu)
+    if layout.data == 1 and stage == 0 and layout.pipeline == 1:
+        # One data-parallel rank: DeepSpeed's gradient all-reduce would only flatten, copy and
+        # unflatten every gradient (~6% of a small model's step on CPU).
+        engine.enable_backward_allreduce = False
     return engine

@@ -111,6 +111,8 @@ class Checkpointer:
 
     def should_stop(self) -> bool:
         """True on every rank once any rank was signalled (one tiny all-reduce per step)."""
+        if self.ranks.layout.world_size == 1:
+            return self.stop_requested
         flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=self.ranks.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item())

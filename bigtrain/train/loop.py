@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bigtrain.config.deepspeed import bigtrain_clips
 from bigtrain.config.schema import Config
 from bigtrain.data.dataset import Batch, Batches
 from bigtrain.metrics.throughput import Meter
@@ -34,8 +35,8 @@ class Trainer:
         self.pipelined = ranks.layout.pipeline > 1
         self.last_val: float | None = None
         self.interrupted = False
-        # DeepSpeed reports no gradient norm for a plain (ZeRO-0, fp32) client optimizer.
-        self.own_grad_norm = not self.pipelined and cfg.parallel.zero_stage == 0 and cfg.precision.dtype == "fp32"
+        # On the plain path (ZeRO 0, fp32) bigtrain measures and clips the gradients itself.
+        self.own_grad_norm = bigtrain_clips(cfg, ranks.layout)
         self._grad_norm: float | None = None
 
     def fit(self) -> None:
@@ -79,7 +80,7 @@ class Trainer:
             loss = self.forward_loss(batch)
             self.engine.backward(loss)
             if self.own_grad_norm and self.engine.is_gradient_accumulation_boundary():
-                self._grad_norm = global_grad_norm(self.engine.module.parameters())
+                self._grad_norm = clip_grad_norm(list(self.engine.module.parameters()), self.cfg.optim.grad_clip)
             self.engine.step()
             losses.append(loss.detach())
         return self.data_parallel_mean(torch.stack(losses).mean())
@@ -109,7 +110,7 @@ class Trainer:
         return max(1, len(self.val_batches.dataset) // self.cfg.trainer.global_batch_size)
 
     def data_parallel_mean(self, value: torch.Tensor) -> float:
-        if self.pipelined:  # DeepSpeed already averaged over data parallel and broadcast
+        if self.pipelined or self.ranks.layout.data == 1:  # DeepSpeed's pipeline already averaged
             return float(value)
         value = value.detach().float().clone()
         torch.distributed.all_reduce(value, group=data_parallel_group())
@@ -129,20 +130,25 @@ def loss_scale(optimizer) -> float:
     return float(getattr(optimizer, "cur_scale", getattr(optimizer, "loss_scale", float("nan"))))
 
 
-def global_grad_norm(params) -> float:
-    """L2 norm of all (already data-parallel averaged) gradients of the whole model.
+def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
+    """Scale the gradients so that their global L2 norm is at most `max_norm` (0: never), and
+    return the norm before clipping. Gradients are already averaged over data parallel.
 
     Sharded parameters (megatron marks them `tensor_model_parallel`) contribute their shard on
     every tensor-parallel rank; replicated ones are counted on tensor-parallel rank 0 only.
     """
     tp_rank = tensor_parallel_rank_and_size()[0]
-    params = list(params)
-    total = torch.zeros((), dtype=torch.float64, device=params[0].device)
-    for p in params:
-        if p.grad is not None and (getattr(p, "tensor_model_parallel", False) or tp_rank == 0):
-            total += p.grad.detach().double().pow(2).sum()
-    torch.distributed.all_reduce(total, group=model_parallel_group())
-    return float(total.sqrt())
+    params = [p for p in params if p.grad is not None]
+    counted = [p.grad for p in params if getattr(p, "tensor_model_parallel", False) or tp_rank == 0]
+    norm = torch.nn.utils.get_total_norm(counted, 2.0, foreach=True) if counted else torch.zeros(())
+    group = model_parallel_group()
+    if torch.distributed.get_world_size(group) > 1:
+        squared = norm.double().pow(2)
+        torch.distributed.all_reduce(squared, group=group)
+        norm = squared.sqrt().float()
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
+    return float(norm)
 
 
 def signal_for_tests(step: int) -> None:

@@ -3,10 +3,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from bigtrain.config import DataConfig
 from bigtrain.data.corpus import DataError, load_corpus, split_documents
-from bigtrain.data.dataset import Batches, build_datasets
+from bigtrain.data.dataset import Batches, Prefetched, build_datasets
 from bigtrain.data.prepare import cache_key, check_enough_tokens, prepare
 
 
@@ -128,3 +129,19 @@ def test_batches_depend_only_on_step_not_layout(corpus, cache_dir, world1):
     assert np.array_equal(one.numpy(), np.concatenate([p.numpy() for p in parts]))
     b = Batches(train, 8, 8, 1, 0).get(0, 0)
     assert np.array_equal(b.labels[:, :-1].numpy(), b.tokens[:, 1:].numpy())
+
+
+def test_prefetched_batches_equal_direct_ones_in_any_order(corpus, cache_dir, world1):
+    cfg = DataConfig(name="batches", source="text", path=str(corpus), tokenizer="char", max_bytes=200_000)
+    train, _ = build_datasets(prepare(cfg, log=lambda *a: None), 32, seed=1, train_samples=64, val_samples=16)
+    direct, ahead = Batches(train, 8, 4, 1, 0), Prefetched(Batches(train, 8, 4, 1, 0))
+    try:
+        for step in (0, 1, 2, 5, 6, 3):  # in order (served from the background thread), then jumps
+            got, want = ahead.step_batches(step), direct.step_batches(step)
+            assert len(got) == len(want) == 2
+            for g, w in zip(got, want):
+                assert torch.equal(g.tokens, w.tokens) and torch.equal(g.labels, w.labels)
+                assert torch.equal(g.loss_mask, w.loss_mask)
+        assert ahead.pending[0] == 4  # the next step is already on its way
+    finally:
+        ahead.close()
