@@ -96,7 +96,7 @@ def _import_weights(cfg: Config, engine, ranks, vocab: int, log) -> None:
     from bigtrain.train import consolidated
 
     tensors = load_hf_folder(Path(cfg.model.init_from), cfg.model, vocab)
-    consolidated.load(engine, Path(cfg.model.init_from), cfg, ranks, vocab, optimizer=False, tensors=tensors)
+    consolidated.load(engine, Path(cfg.model.init_from), cfg, ranks, vocab, tensors=tensors)
     log(f"initialized weights from Hugging Face folder {cfg.model.init_from}")
 
 

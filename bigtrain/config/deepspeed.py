@@ -5,12 +5,12 @@ from bigtrain.config.schema import Config
 from bigtrain.config.validate import Layout
 
 
-def bigtrain_clips(cfg: Config, layout: Layout) -> bool:
-    """Whether bigtrain, not DeepSpeed, measures and clips the gradient norm.
+def plain_path(cfg: Config, layout: Layout) -> bool:
+    """ZeRO 0, fp32, no pipeline: DeepSpeed steps the client optimizer as it is.
 
-    On the plain path (ZeRO 0, fp32, no pipeline) DeepSpeed clips a client optimizer's gradients
-    but never reports the norm, so measuring it too would compute it twice: bigtrain does both,
-    once. Everywhere else DeepSpeed's optimizer clips and reports the norm it used.
+    There DeepSpeed would clip the gradients but never report their norm, so measuring it too
+    would compute it twice: bigtrain measures and clips, once. Everywhere else DeepSpeed's
+    optimizer clips and reports the norm it used.
     """
     return cfg.parallel.zero_stage == 0 and cfg.precision.dtype == "fp32" and layout.pipeline == 1
 
@@ -21,7 +21,7 @@ def deepspeed_config(cfg: Config, layout: Layout) -> dict:
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": layout.grad_accum,
-        "gradient_clipping": 0.0 if bigtrain_clips(cfg, layout) else cfg.optim.grad_clip,
+        "gradient_clipping": 0.0 if plain_path(cfg, layout) else cfg.optim.grad_clip,
         "steps_per_print": 10**9,  # bigtrain's own metrics report progress
         "wall_clock_breakdown": False,
         "zero_optimization": {"stage": cfg.parallel.zero_stage},

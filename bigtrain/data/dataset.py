@@ -78,7 +78,7 @@ class Prefetched:
     """
 
     def __init__(self, batches: Batches):
-        self.batches, self.dataset = batches, batches.dataset
+        self.batches = batches
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="bigtrain-data")
         self.pending: tuple[int, Future] | None = None
 

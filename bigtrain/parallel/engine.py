@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bigtrain.config.deepspeed import deepspeed_config
+from bigtrain.config.deepspeed import deepspeed_config, plain_path
 from bigtrain.config.schema import Config
 from bigtrain.model.gpt import GPT
 from bigtrain.parallel.layers import Norm, TensorParallel
@@ -76,7 +76,7 @@ def build_engine(cfg: Config, ranks: Ranks, vocab: int, log=print):
         (f" (stage {cfg.parallel.zero_stage} raised to 1 for fp32 master weights)" if stage != cfg.parallel.zero_stage else ""))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=ds_config, mpu=mpu)
-    if layout.data == 1 and stage == 0 and layout.pipeline == 1:
+    if plain_path(cfg, layout) and layout.data == 1:
         # One data-parallel rank: DeepSpeed's gradient all-reduce would only flatten, copy and
         # unflatten every gradient (~6% of a small model's step on CPU).
         engine.enable_backward_allreduce = False

@@ -179,7 +179,7 @@ class Checkpointer:
                 engine.module.micro_offset = rng["pipe_micro_offset"]
             how = "exactly (same layout)"
         else:
-            consolidated.load(engine, ckpt / "bigtrain", self.cfg, self.ranks, self.vocab, optimizer=True)
+            consolidated.load(engine, ckpt / "bigtrain", self.cfg, self.ranks, self.vocab, adam_step=meta["adam_step"])
             consolidated.restore_schedule(engine, meta)
             how = (f"resharded from tensor {meta['layout']['tensor']} × pipeline {meta['layout']['pipeline']} × "
                    f"data {meta['layout']['data']} (ZeRO {meta['zero_stage']}, {meta['precision']})")

@@ -144,20 +144,19 @@ def load_weights_into_module(module, tensors: dict, n_layers: int, padded_vocab:
             p.copy_(shard_for(tensors[name], name, p, padded_vocab).to(p.dtype))
 
 
-def load(engine, folder: Path, cfg: Config, ranks: Ranks, vocab: int, optimizer: bool,
+def load(engine, folder: Path, cfg: Config, ranks: Ranks, vocab: int, adam_step: int | None = None,
          tensors: dict | None = None) -> None:
-    """Set this rank's weights (and optionally Adam moments) from full canonical tensors."""
+    """Set this rank's weights from full canonical tensors and, given the saved Adam step count
+    (`meta.json`'s `adam_step`), its Adam moments too."""
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
+    optimizer = adam_step is not None
     weights = tensors if tensors is not None else read_tensors(folder, "model")
-    moments = read_tensors(folder, "optim") if optimizer else {}
     padded = tpl.padded_vocab(vocab, cfg.model.pad_vocab_multiple, ranks.layout.tensor)
-    meta_step = None
-    if optimizer:
-        import json
-        meta_step = json.loads((folder / "meta.json").read_text())["adam_step"]
     inner = _inner_optimizer(engine)
+    moments = {}
     if optimizer:
+        moments = read_tensors(folder, "optim")
         _ensure_optimizer_state(engine)
     for name, p in local_params(engine.module, cfg.model.n_layers):
         if name not in weights:
@@ -174,11 +173,11 @@ def load(engine, folder: Path, cfg: Config, ranks: Ranks, vocab: int, optimizer:
             for key, v in states.items():
                 safe_set_full_optimizer_state(p, v, key)
         else:
-            inner.state[p] = {"step": torch.tensor(float(meta_step)), **states}
+            inner.state[p] = {"step": torch.tensor(float(adam_step)), **states}
     if optimizer:
         for state in inner.state.values():
             if "step" in state:
-                state["step"] = torch.tensor(float(meta_step))
+                state["step"] = torch.tensor(float(adam_step))
 
 
 def _ensure_optimizer_state(engine) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bigtrain.config.deepspeed import bigtrain_clips
+from bigtrain.config.deepspeed import plain_path
 from bigtrain.config.schema import Config
 from bigtrain.data.dataset import Batch, Batches
 from bigtrain.metrics.throughput import Meter
@@ -36,7 +36,7 @@ class Trainer:
         self.last_val: float | None = None
         self.interrupted = False
         # On the plain path (ZeRO 0, fp32) bigtrain measures and clips the gradients itself.
-        self.own_grad_norm = bigtrain_clips(cfg, ranks.layout)
+        self.own_grad_norm = plain_path(cfg, ranks.layout)
         self._grad_norm: float | None = None
 
     def fit(self) -> None:
@@ -98,8 +98,8 @@ class Trainer:
         losses = []
         for i in range(batches or self.cfg.trainer.eval_iters):
             if self.pipelined:
-                batches = iter(self.val_batches.step_batches(i))
-                losses.append(self.engine.eval_batch(data_iter=_pipe_inputs(batches)).float())
+                micro = iter(self.val_batches.step_batches(i))
+                losses.append(self.engine.eval_batch(data_iter=_pipe_inputs(micro)).float())
             else:
                 losses.extend(self.forward_loss(b).float() for b in self.val_batches.step_batches(i))
         self.engine.train()
@@ -110,7 +110,8 @@ class Trainer:
         return max(1, len(self.val_batches.dataset) // self.cfg.trainer.global_batch_size)
 
     def data_parallel_mean(self, value: torch.Tensor) -> float:
-        if self.pipelined or self.ranks.layout.data == 1:  # DeepSpeed's pipeline already averaged
+        # Nothing to average over one rank; DeepSpeed's pipeline already averaged and broadcast.
+        if self.pipelined or self.ranks.layout.data == 1:
             return float(value)
         value = value.detach().float().clone()
         torch.distributed.all_reduce(value, group=data_parallel_group())
