@@ -15,6 +15,22 @@ COMMON = ["data=shakespeare_char", f"trainer.max_steps={STEPS}", "trainer.global
           f"trainer.eval_interval={STEPS}", "trainer.eval_iters=1", "trainer.sample_tokens=0",
           "precision=fp32", "model.dropout=0.0", "optim.warmup_steps=2", "optim.lr=1e-3",
           "logging.progress_bar=false", "logging.tensorboard=false"]
+# name: (ranks, overrides); the global batch of 8 is the same in every layout.
+LAYOUTS = {
+    "single": (1, ["parallel=single", "trainer.micro_batch_size=4"]),
+    "zero1_dp2": (2, ["parallel=zero1", "trainer.micro_batch_size=2"]),
+    "zero2_dp2": (2, ["parallel=zero2", "trainer.micro_batch_size=2"]),
+    "zero3_dp2": (2, ["parallel=zero3", "trainer.micro_batch_size=2"]),
+    "tp2": (2, ["parallel=tp2", "trainer.micro_batch_size=4"]),
+    "tp2_sp": (2, ["parallel=tp2_sp", "trainer.micro_batch_size=4"]),
+    "pp2": (2, ["parallel=pp2", "trainer.micro_batch_size=2"]),
+    "tp2_pp2": (4, ["parallel=tp2_pp2", "trainer.micro_batch_size=2"]),
+    "tp2_dp2_zero1": (4, ["parallel=tp2", "parallel.zero_stage=1", "trainer.micro_batch_size=2"]),
+    # Activation checkpointing recomputes the same forward, so it keeps parity too.
+    "tp2_sp_checkpointed": (2, ["parallel=tp2_sp", "trainer.micro_batch_size=4",
+                                "trainer.activation_checkpointing=full"]),
+    "pp2_checkpointed": (2, ["parallel=pp2", "trainer.micro_batch_size=2", "trainer.activation_checkpointing=full"]),
+}
 
 
 def run_layout_raw(corpus: Path, out: Path, ranks: int, overrides: list[str], timeout: int = 600,

@@ -8,7 +8,7 @@ Both run on DeepSpeed's ZeRO-1 optimizers (see bigtrain/config/deepspeed.py).
 import pytest
 
 from tests.conftest import PYTHON, ROOT, launch, read_metrics
-from tests.distributed.parity import COMMON, GPT, STEPS, worst_relative_difference
+from tests.distributed.parity import COMMON, GPT, LAYOUTS, STEPS, worst_relative_difference
 
 pytestmark = pytest.mark.e2e
 TOLERANCE = {"bf16": 2e-3, "fp16": 1e-3}
@@ -16,7 +16,7 @@ TOLERANCE = {"bf16": 2e-3, "fp16": 1e-3}
 
 def run_single(corpus, run_dir, precision_overrides, entry="launch/pretrain.py"):
     args = [PYTHON, entry, f"data.path={corpus}", f"hydra.run.dir={run_dir}", *COMMON, *GPT,
-            "parallel=single", "trainer.micro_batch_size=4", *precision_overrides]
+            *LAYOUTS["single"][1], *precision_overrides]
     proc = launch(args, ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = read_metrics(run_dir)

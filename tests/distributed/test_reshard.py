@@ -10,15 +10,10 @@ import shutil
 import pytest
 
 from tests.conftest import read_metrics
-from tests.distributed.parity import LLAMA, run_layout_raw
+from tests.distributed.parity import LAYOUTS, LLAMA, run_layout_raw
 
 pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
 
-LAYOUT = {
-    "tp2_pp2": (4, ["parallel=tp2_pp2", "trainer.micro_batch_size=2"]),
-    "single": (1, ["parallel=single", "trainer.micro_batch_size=4"]),
-    "zero3_dp2": (2, ["parallel=zero3", "trainer.micro_batch_size=2"]),
-}
 STEPS = ["trainer.max_steps=12", "trainer.eval_interval=100"]
 TOLERANCE = 1e-5
 _originals = {}
@@ -27,7 +22,7 @@ _originals = {}
 def original(name, corpus, tmp_path_factory):
     """The source layout run uninterrupted, and stopped after step 6 (its checkpoint)."""
     if name not in _originals:
-        ranks, overrides = LAYOUT[name]
+        ranks, overrides = LAYOUTS[name]
         base = tmp_path_factory.mktemp(f"orig-{name}")
         whole = run_layout_raw(corpus, base / "whole", ranks, [*LLAMA, *overrides, *STEPS])
         assert whole.returncode == 0, whole.stderr[-3000:]
@@ -43,7 +38,7 @@ def original(name, corpus, tmp_path_factory):
 def test_resume_under_another_layout(source, target, corpus, cache_dir, tmp_path_factory, tmp_path):
     reference, stopped_run = original(source, corpus, tmp_path_factory)
     shutil.copytree(stopped_run, tmp_path / "run")  # the same run directory, relaunched elsewhere
-    ranks, overrides = LAYOUT[target]
+    ranks, overrides = LAYOUTS[target]
     proc = run_layout_raw(corpus, tmp_path, ranks, [*LLAMA, *overrides, *STEPS])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "at step 6 (48 samples), resharded from tensor" in proc.stdout

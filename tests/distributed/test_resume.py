@@ -6,23 +6,18 @@ import torch
 
 from bigtrain.train.consolidated import read_tensors
 from tests.conftest import read_metrics
-from tests.distributed.parity import GPT, LLAMA, run_layout_raw
+from tests.distributed.parity import GPT, LAYOUTS, LLAMA, run_layout_raw
 
 pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
 
-LAYOUTS = {
-    "single": (GPT, 1, ["parallel=single", "trainer.micro_batch_size=4"]),
-    "zero2_dp2": (GPT, 2, ["parallel=zero2", "trainer.micro_batch_size=2"]),
-    "zero3_dp2": (GPT, 2, ["parallel=zero3", "trainer.micro_batch_size=2"]),
-    "tp2": (LLAMA, 2, ["parallel=tp2", "trainer.micro_batch_size=4"]),
-    "pp2": (GPT, 2, ["parallel=pp2", "trainer.micro_batch_size=2"]),
-}
+# layout (parity.LAYOUTS) -> the model family it trains
+FAMILY = {"single": GPT, "zero2_dp2": GPT, "zero3_dp2": GPT, "tp2": LLAMA, "pp2": GPT}
 RESUME = ["trainer.max_steps=12", "model.dropout=0.1", "trainer.eval_interval=6", "trainer.eval_iters=2"]
 
 
-@pytest.mark.parametrize("name", list(LAYOUTS))
+@pytest.mark.parametrize("name", list(FAMILY))
 def test_stop_and_resume_is_bitwise_exact(name, corpus, cache_dir, tmp_path):
-    family, ranks, overrides = LAYOUTS[name]
+    family, (ranks, overrides) = FAMILY[name], LAYOUTS[name]
     args = [*family, *overrides, *RESUME]
     whole = run_layout_raw(corpus, tmp_path / "whole", ranks, args)
     assert whole.returncode == 0, whole.stderr[-3000:]
