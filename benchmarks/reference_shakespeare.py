@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 V_D, HEADS, LAYERS, BLOCK, BATCH, ITERS = 128, 4, 4, 64, 12, 2000
-ROTARY = len(sys.argv) > 3 and sys.argv[3] == "rope"
 
 
 def rotate(x):
@@ -32,8 +31,9 @@ def rotate(x):
 
 
 class Block(nn.Module):
-    def __init__(self):
+    def __init__(self, rotary: bool):
         super().__init__()
+        self.rotary = rotary
         self.ln1, self.ln2 = nn.LayerNorm(V_D, bias=False), nn.LayerNorm(V_D, bias=False)
         self.qkv, self.out = nn.Linear(V_D, 3 * V_D, bias=False), nn.Linear(V_D, V_D, bias=False)
         self.up, self.down = nn.Linear(V_D, 4 * V_D, bias=False), nn.Linear(4 * V_D, V_D, bias=False)
@@ -41,7 +41,7 @@ class Block(nn.Module):
     def forward(self, x):
         b, t, _ = x.shape
         q, k, v = (z.view(b, t, HEADS, -1).transpose(1, 2) for z in self.qkv(self.ln1(x)).split(V_D, 2))
-        if ROTARY:
+        if self.rotary:
             q, k = rotate(q), rotate(k)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, V_D)
         x = x + self.out(y)
@@ -49,11 +49,11 @@ class Block(nn.Module):
 
 
 class Model(nn.Module):
-    def __init__(self, vocab):
+    def __init__(self, vocab: int, rotary: bool = False):
         super().__init__()
         self.tok = nn.Embedding(vocab, V_D)
-        self.pos = None if ROTARY else nn.Embedding(BLOCK, V_D)
-        self.blocks = nn.ModuleList(Block() for _ in range(LAYERS))
+        self.pos = None if rotary else nn.Embedding(BLOCK, V_D)
+        self.blocks = nn.ModuleList(Block(rotary) for _ in range(LAYERS))
         self.ln = nn.LayerNorm(V_D, bias=False)
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -63,21 +63,21 @@ class Model(nn.Module):
                 nn.init.normal_(w, 0.0, 0.02 / math.sqrt(2 * LAYERS))
 
     def forward(self, x, y):
-        h = self.tok(x) if ROTARY else self.tok(x) + self.pos.weight[: x.shape[1]]
+        h = self.tok(x) if self.pos is None else self.tok(x) + self.pos.weight[: x.shape[1]]
         for blk in self.blocks:
             h = blk(h)
         logits = F.linear(self.ln(h), self.tok.weight)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
-def main(path: str, seed: int) -> None:
+def main(path: str, seed: int, rotary: bool) -> None:
     torch.manual_seed(seed)
     text = open(path, encoding="utf-8").read()
     stoi = {c: i for i, c in enumerate(sorted(set(text)))}
     data = torch.tensor([stoi[c] for c in text])
     n = int(0.9 * len(data))
     train, val = data[:n], data[n:]
-    model = Model(len(stoi))
+    model = Model(len(stoi), rotary)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
@@ -112,4 +112,4 @@ def main(path: str, seed: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    main(sys.argv[1], int(sys.argv[2]), len(sys.argv) > 3 and sys.argv[3] == "rope")
