@@ -47,7 +47,7 @@ def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
         raise ConfigError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size}: "
                           "set model.vocab_size=null to take the tokenizer's")
     seed_everything(t.seed, ranks)
-    engine = build_engine(cfg, ranks, vocab, log=log)
+    engine, clipper = build_engine(cfg, ranks, vocab, log=log)
     seed_everything(t.seed, ranks)  # dropout streams independent of how many layers this rank built
     checkpointer = Checkpointer(cfg, Path(t.ckpt_dir) if t.ckpt_dir else run_dir / "checkpoints", ranks, vocab,
                                 tokenizer.path)
@@ -62,7 +62,7 @@ def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
     sinks = Sinks(cfg.logging, run_dir, t.max_steps, state.step, dataclasses.asdict(cfg)) if ranks.is_main else None
     train_batches = Prefetched(Batches(train_ds, **batches))
     trainer = Trainer(cfg, engine, ranks, train_batches, Batches(val_ds, **batches), meter,
-                      sinks, checkpointer, state)
+                      sinks, checkpointer, state, clipper)
     checkpointer.install_signal_handlers()
     try:
         trainer.fit()
@@ -70,7 +70,7 @@ def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
         train_batches.close()
         if sinks:
             sinks.close()
-    return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, log)
+    return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, vocab, log)
 
 
 def _meter(cfg: Config, vocab: int, layout, prepared, log):
@@ -80,14 +80,18 @@ def _meter(cfg: Config, vocab: int, layout, prepared, log):
     from bigtrain.parallel.layers import padded_vocab
 
     t = cfg.trainer
-    peak, peak_source = peak_tflops(cfg.precision.dtype, cfg.logging.peak_tflops)
+    peak = peak_tflops(cfg.precision.dtype, cfg.logging.peak_tflops)
     padded = padded_vocab(vocab, cfg.model.pad_vocab_multiple, layout.tensor)
     log(f"model: {cfg.model.name}, {parameter_count(cfg.model, padded):,} parameters, vocab {vocab}; "
         f"data: {prepared.meta['corpus']} ({prepared.tokens('train'):,} train / "
-        f"{prepared.tokens('val'):,} val tokens); MFU peak: {peak} TFLOP/s ({peak_source})")
+        f"{prepared.tokens('val'):,} val tokens); MFU peak: {_tflops(peak.tflops)} TFLOP/s ({peak.source})")
     return Meter(tokens_per_step=t.global_batch_size * cfg.model.seq_len,
                  flops_per_token=train_flops_per_token(cfg.model, vocab), devices=layout.world_size,
-                 peak_tflops=peak)
+                 peak=peak)
+
+
+def _tflops(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.4g}"
 
 
 def _import_weights(cfg: Config, engine, ranks, vocab: int, log) -> None:
@@ -100,36 +104,51 @@ def _import_weights(cfg: Config, engine, ranks, vocab: int, log) -> None:
     log(f"initialized weights from Hugging Face folder {cfg.model.init_from}")
 
 
-def _finish(cfg: Config, run_dir: Path, ranks, engine, trainer, tokenizer, log) -> dict:
+def _finish(cfg: Config, run_dir: Path, ranks, engine, trainer, tokenizer, vocab: int, log) -> dict:
     """Final evaluation, memory report, text sample and summary.json."""
     from bigtrain.metrics.throughput import peak_memory_gb
-    from bigtrain.train.sample import generate
 
     t, layout, state = cfg.trainer, ranks.layout, trainer.state
     memory = [None] * layout.world_size
     torch.distributed.all_gather_object(memory, round(peak_memory_gb(), 4))
     summary = {"step": state.step, "interrupted": trainer.interrupted, "val_loss": trainer.last_val,
                "val_ppl": None if trainer.last_val is None else float(torch.tensor(trainer.last_val).exp()),
-               "peak_mem_gb_per_rank": memory}
+               "peak_mem_gb_per_rank": memory,
+               "mfu_peak_tflops": trainer.meter.peak.tflops, "mfu_peak_source": trainer.meter.peak.source}
     if trainer.interrupted:
         log(f"stopped by a signal after step {state.step}; the checkpoint is saved: relaunch the same "
             "command to continue")
         return summary
     if t.eval_full_split_at_end:
         summary["val_loss_full_split"] = trainer.evaluate(trainer.full_split_batches())
-    if layout.pipeline == 1 and t.sample_tokens > 0:
-        prompt = tokenizer.encode(t.sample_prompt) if t.sample_prompt else [tokenizer.eod]
-        ids = generate(engine.module, prompt, t.sample_tokens, cfg.model.seq_len, t.sample_temperature,
-                       t.sample_top_k, seed=t.seed)
-        summary["sample"] = t.sample_prompt + tokenizer.decode(ids)
+    if t.sample_tokens > 0:
+        summary["sample"] = _sample(cfg, engine, ranks, tokenizer, vocab)
     if ranks.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         if summary["val_loss"] is not None:
             log(f"\nvalidation loss {summary['val_loss']:.4f}, perplexity {summary['val_ppl']:.2f} "
                 f"after {state.step} steps")
+        log(f"MFU against {_tflops(trainer.meter.peak.tflops)} TFLOP/s per device ({trainer.meter.peak.source})")
         if "sample" in summary:
             log("sample:\n" + "-" * 60 + "\n" + summary["sample"] + "\n" + "-" * 60)
     return summary
+
+
+def _sample(cfg: Config, engine, ranks, tokenizer, vocab: int) -> str:
+    """The end-of-run sample, in any layout: every rank takes part and all draw the same tokens."""
+    from bigtrain.parallel.pipeline import pipeline_logits
+    from bigtrain.train.sample import evaluating, generate, last_logits
+
+    t, p = cfg.trainer, cfg.parallel
+    if ranks.layout.pipeline > 1:
+        next_logits = pipeline_logits(engine.module, ranks, cfg, vocab)
+    else:
+        next_logits = last_logits(engine.module, p.tensor_parallel if p.sequence_parallel else 1)
+    prompt = tokenizer.encode(t.sample_prompt) if t.sample_prompt else [tokenizer.eod]
+    with evaluating(engine.module):
+        ids = generate(next_logits, prompt, t.sample_tokens, cfg.model.seq_len, t.sample_temperature,
+                       t.sample_top_k, seed=t.seed, device=engine.device)
+    return t.sample_prompt + tokenizer.decode(ids)
 
 
 def _prepare_on_one_rank(cfg: Config, ranks, log):

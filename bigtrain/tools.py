@@ -62,9 +62,9 @@ def export_hf(path: str | Path, out: str | Path) -> str:
 @torch.no_grad()
 def generate_text(path: str | Path, prompt: str, max_tokens: int, temperature: float, top_k: int,
                   top_p: float, seed: int) -> str:
-    from bigtrain.train.sample import generate
+    from bigtrain.train.sample import generate, last_logits
 
     model, tokenizer, meta = load_checkpoint_model(path)
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eod]
-    out = generate(model, ids, max_tokens, meta["model"]["seq_len"], temperature, top_k, top_p, seed)
+    out = generate(last_logits(model), ids, max_tokens, meta["model"]["seq_len"], temperature, top_k, top_p, seed)
     return prompt + tokenizer.decode(out)

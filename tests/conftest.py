@@ -65,3 +65,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 PYTHON = sys.executable
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The parity figures of this session, one line per layout (the README table's source)."""
+    from tests.distributed.parity import REPORT
+    if REPORT:
+        terminalreporter.write_line("layout parity, worst relative loss difference vs one process:")
+        for name, figures in REPORT.items():
+            terminalreporter.write_line(f"  {name:34s} " + "  ".join(f"{k} {v:.1e}" for k, v in figures.items()))

@@ -5,14 +5,15 @@ from bigtrain.config.schema import Config
 from bigtrain.config.validate import Layout
 
 
-def plain_path(cfg: Config, layout: Layout) -> bool:
-    """ZeRO 0, fp32, no pipeline: DeepSpeed steps the client optimizer as it is.
+def plain_path(cfg: Config) -> bool:
+    """ZeRO 0 and fp32: DeepSpeed steps the client optimizer as it is, pipeline stages or not.
 
-    There DeepSpeed would clip the gradients but never report their norm, so measuring it too
-    would compute it twice: bigtrain measures and clips, once. Everywhere else DeepSpeed's
-    optimizer clips and reports the norm it used.
+    There DeepSpeed's own clipping would see one pipeline stage's gradients only and never report
+    their norm, so bigtrain measures the whole model's norm and clips, once
+    (`bigtrain.parallel.clipping`). Everywhere else DeepSpeed's ZeRO or mixed-precision optimizer
+    clips, counting each parameter once across stages, and reports the norm it used.
     """
-    return cfg.parallel.zero_stage == 0 and cfg.precision.dtype == "fp32" and layout.pipeline == 1
+    return cfg.parallel.zero_stage == 0 and cfg.precision.dtype == "fp32"
 
 
 def deepspeed_config(cfg: Config, layout: Layout) -> dict:
@@ -21,7 +22,7 @@ def deepspeed_config(cfg: Config, layout: Layout) -> dict:
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": layout.grad_accum,
-        "gradient_clipping": 0.0 if plain_path(cfg, layout) else cfg.optim.grad_clip,
+        "gradient_clipping": 0.0 if plain_path(cfg) else cfg.optim.grad_clip,
         "steps_per_print": 10**9,  # bigtrain's own metrics report progress
         "wall_clock_breakdown": False,
         "zero_optimization": {"stage": cfg.parallel.zero_stage},

@@ -7,18 +7,21 @@ from dataclasses import dataclass
 
 import torch
 
+from bigtrain.metrics.peak import Peak
+
 
 @dataclass(frozen=True)
 class Meter:
     tokens_per_step: int  # global batch × sequence length
     flops_per_token: int  # training FLOPs (bigtrain.model.flops)
     devices: int  # world size
-    peak_tflops: float | None  # per device
+    peak: Peak  # per device
 
     def measure(self, seconds: float) -> dict:
         tokens_per_sec = self.tokens_per_step / seconds
         tflops = tokens_per_sec * self.flops_per_token / self.devices / 1e12
-        mfu = tflops / self.peak_tflops if self.peak_tflops else None
+        self.peak.cover(tflops)
+        mfu = tflops / self.peak.tflops if self.peak.tflops else None
         return {"step_time": seconds, "tokens_per_sec": tokens_per_sec, "tflops": tflops, "mfu": mfu,
                 "mem_gb": peak_memory_gb()}
 

@@ -16,6 +16,7 @@ from torch import nn
 from bigtrain.config.deepspeed import deepspeed_config, plain_path
 from bigtrain.config.schema import Config
 from bigtrain.model.gpt import GPT
+from bigtrain.parallel.clipping import GradClipper
 from bigtrain.parallel.layers import Norm, TensorParallel
 from bigtrain.parallel.state import DeepSpeedMPU, Ranks
 from bigtrain.train.schedule import lr_at
@@ -45,8 +46,12 @@ def tensor_parallel_plan(cfg: Config) -> TensorParallel:
                           pipeline_parallel=cfg.parallel.pipeline_parallel)
 
 
-def build_engine(cfg: Config, ranks: Ranks, vocab: int, log=print):
-    """Build the model for this rank and wrap it in a DeepSpeed engine."""
+def build_engine(cfg: Config, ranks: Ranks, vocab: int, log=print) -> tuple[object, GradClipper | None]:
+    """Build the model for this rank and wrap it in a DeepSpeed engine.
+
+    Returns the engine and, on the plain path, bigtrain's gradient clipper (which knows the last
+    step's gradient norm); elsewhere DeepSpeed's optimizer clips and reports the norm itself.
+    """
     import deepspeed
 
     layout = ranks.layout
@@ -76,8 +81,13 @@ def build_engine(cfg: Config, ranks: Ranks, vocab: int, log=print):
         (f" (stage {cfg.parallel.zero_stage} raised to 1 for fp32 master weights)" if stage != cfg.parallel.zero_stage else ""))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=ds_config, mpu=mpu)
-    if plain_path(cfg, layout) and layout.data == 1:
+    if not plain_path(cfg):
+        return engine, None
+    if layout.data == 1:
         # One data-parallel rank: DeepSpeed's gradient all-reduce would only flatten, copy and
         # unflatten every gradient (~6% of a small model's step on CPU).
         engine.enable_backward_allreduce = False
-    return engine
+    clipper = GradClipper(cfg.optim.grad_clip)
+    engine.optimizer.register_step_pre_hook(clipper)
+    log(f"   gradient clipping at {cfg.optim.grad_clip} by bigtrain (whole-model norm, before each optimizer step)")
+    return engine, clipper

@@ -7,13 +7,15 @@ of the unpipelined one. With tied embeddings the last stage holds a copy of the 
 """
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
 from bigtrain.config.schema import Config
 from bigtrain.model.gpt import Block, Embedding, FinalNorm, LMHead, lm_loss, seed_layer
 from bigtrain.parallel import layers as tpl
-from bigtrain.parallel.state import Ranks
+from bigtrain.parallel.state import Ranks, pipeline_parallel_group, pipeline_peers
 
 PARTITION = {"parameters": "parameters", "layers": "type:Block"}
 
@@ -54,3 +56,35 @@ def build_pipeline(cfg: Config, tp: tpl.TensorParallel, ranks: Ranks, vocab: int
         activation_checkpoint_func=tpl.checkpoint,
         checkpointable_layers=["Block"],
     )
+
+
+def pipeline_logits(module: PipelineModule, ranks: Ranks, cfg: Config, vocab: int):
+    """Next-token logits across pipeline stages, for `bigtrain.train.sample.generate`.
+
+    ids (1, t) -> (1, V) on every rank: each stage runs its own layers on what the previous stage
+    sends, the last stage gathers the vocabulary and broadcasts the logits along its pipeline.
+    Under sequence parallel the context is padded on the right to a multiple of the TP size and
+    stages exchange their (t'/tp, 1, D) slices; causal attention keeps position t-1 unchanged.
+    """
+    prev, nxt, last = pipeline_peers()
+    shards = cfg.parallel.tensor_parallel if cfg.parallel.sequence_parallel else 1
+    padded_vocab = tpl.padded_vocab(vocab, cfg.model.pad_vocab_multiple, cfg.parallel.tensor_parallel)
+    param = next(module.parameters())
+
+    def next_logits(ids: torch.Tensor) -> torch.Tensor:
+        t = ids.shape[1]
+        padded = F.pad(ids, (0, -t % shards))  # (1, t')
+        if ranks.is_first_stage:
+            x = module(padded)
+        else:
+            x = torch.empty(padded.shape[1] // shards, 1, cfg.model.d_model, dtype=param.dtype, device=param.device)
+            torch.distributed.recv(x, src=prev)  # (t'/shards, 1, D)
+            x = module(x)
+        if ranks.is_last_stage:
+            logits = tpl.gather_vocab(x[t - 1].float()).contiguous()  # (1, V)
+        else:
+            torch.distributed.send(x.contiguous(), dst=nxt)
+            logits = torch.empty(1, padded_vocab, device=param.device)
+        torch.distributed.broadcast(logits, src=last, group=pipeline_parallel_group())
+        return logits
+    return next_logits

@@ -149,6 +149,14 @@ def pipeline_parallel_group():
     return parallel_state.get_pipeline_model_parallel_group()
 
 
+def pipeline_peers() -> tuple[int, int, int]:
+    """Global ranks of the previous, the next and the last stage of this rank's pipeline."""
+    from megatron.core import parallel_state
+    return (parallel_state.get_pipeline_model_parallel_prev_rank(),
+            parallel_state.get_pipeline_model_parallel_next_rank(),
+            parallel_state.get_pipeline_model_parallel_last_rank())
+
+
 class DeepSpeedMPU:
     """The `mpu` interface DeepSpeed asks for, answered by megatron-core's groups.
 

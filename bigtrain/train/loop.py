@@ -9,14 +9,12 @@ from dataclasses import dataclass
 
 import torch
 
-from bigtrain.config.deepspeed import plain_path
 from bigtrain.config.schema import Config
 from bigtrain.data.dataset import Batch, Batches
 from bigtrain.metrics.throughput import Meter
 from bigtrain.model.gpt import lm_loss
-from bigtrain.parallel.state import (
-    Ranks, data_parallel_group, model_parallel_group, tensor_parallel_rank_and_size,
-)
+from bigtrain.parallel.clipping import GradClipper
+from bigtrain.parallel.state import Ranks, data_parallel_group
 from bigtrain.train.schedule import lr_at
 
 
@@ -28,16 +26,14 @@ class TrainState:
 
 class Trainer:
     def __init__(self, cfg: Config, engine, ranks: Ranks, train: Batches, val: Batches, meter: Meter,
-                 sinks, checkpointer, state: TrainState):
+                 sinks, checkpointer, state: TrainState, clipper: GradClipper | None = None):
         self.cfg, self.engine, self.ranks = cfg, engine, ranks
         self.train_batches, self.val_batches, self.meter = train, val, meter
         self.sinks, self.checkpointer, self.state = sinks, checkpointer, state
+        self.clipper = clipper  # bigtrain's own clipping on the plain path, else DeepSpeed's
         self.pipelined = ranks.layout.pipeline > 1
         self.last_val: float | None = None
         self.interrupted = False
-        # On the plain path (ZeRO 0, fp32) bigtrain measures and clips the gradients itself.
-        self.own_grad_norm = plain_path(cfg, ranks.layout)
-        self._grad_norm: float | None = None
 
     def fit(self) -> None:
         t = self.cfg.trainer
@@ -79,8 +75,6 @@ class Trainer:
         for batch in self.train_batches.step_batches(step):
             loss = self.forward_loss(batch)
             self.engine.backward(loss)
-            if self.own_grad_norm and self.engine.is_gradient_accumulation_boundary():
-                self._grad_norm = clip_grad_norm(list(self.engine.module.parameters()), self.cfg.optim.grad_clip)
             self.engine.step()
             losses.append(loss.detach())
         return self.data_parallel_mean(torch.stack(losses).mean())
@@ -119,7 +113,7 @@ class Trainer:
 
     def grad_norm(self) -> float | None:
         """The pre-clipping gradient norm of the last step."""
-        norm = self._grad_norm if self.own_grad_norm else self.engine.get_global_grad_norm()
+        norm = self.clipper.last_norm if self.clipper else self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
 
 
@@ -129,27 +123,6 @@ def loss_scale(optimizer) -> float:
     if config is not None:
         return float(config.cur_scale)
     return float(getattr(optimizer, "cur_scale", getattr(optimizer, "loss_scale", float("nan"))))
-
-
-def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> float:
-    """Scale the gradients so that their global L2 norm is at most `max_norm` (0: never), and
-    return the norm before clipping. Gradients are already averaged over data parallel.
-
-    Sharded parameters (megatron marks them `tensor_model_parallel`) contribute their shard on
-    every tensor-parallel rank; replicated ones are counted on tensor-parallel rank 0 only.
-    """
-    tp_rank = tensor_parallel_rank_and_size()[0]
-    params = [p for p in params if p.grad is not None]
-    counted = [p.grad for p in params if getattr(p, "tensor_model_parallel", False) or tp_rank == 0]
-    norm = torch.nn.utils.get_total_norm(counted, 2.0, foreach=True) if counted else torch.zeros(())
-    group = model_parallel_group()
-    if torch.distributed.get_world_size(group) > 1:
-        squared = norm.double().pow(2)
-        torch.distributed.all_reduce(squared, group=group)
-        norm = squared.sqrt().float()
-    if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm, foreach=True)
-    return float(norm)
 
 
 def signal_for_tests(step: int) -> None:

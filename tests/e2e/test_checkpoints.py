@@ -143,6 +143,8 @@ def test_checkpoint_files_load_without_pickle(gpt_run):
     from bigtrain.train.checkpoint import resolve
 
     ckpt = resolve(gpt_run)
-    torch.load(ckpt / "rng" / "rank0.pt", weights_only=True)
-    for file in (ckpt / "bigtrain").glob("*.safetensors"):
+    assert torch.load(ckpt / "rng" / "rank0.pt", weights_only=True)
+    files = sorted((ckpt / "bigtrain").glob("*.safetensors"))
+    assert [f.name for f in files] == ["model-pp00.safetensors", "optim-pp00.safetensors"], files
+    for file in files:
         assert load_file(str(file))

@@ -1,7 +1,9 @@
 """The schema: every preset composes, and bad configs fail with one clear line."""
+import dataclasses
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from bigtrain.config import Config, ConfigError, ModelConfig, ParallelConfig, TrainerConfig, validate
 from bigtrain.config.deepspeed import deepspeed_config
@@ -19,17 +21,42 @@ def test_presets_exist():
     assert {"single", "zero1", "zero2", "zero3", "tp2", "tp2_sp", "pp2", "tp2_pp2", "3d"} <= names
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def preset_values(group: str, name: str) -> dict:
+    """What a preset file sets, after the presets of its own group that it builds on."""
+    own = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / group / f"{name}.yaml"))
+    values = {}
+    for parent in own.pop("defaults", []):
+        if isinstance(parent, str) and parent != "_self_":  # `- single`: a preset of the same group
+            values.update(preset_values(group, parent))
+    return {**values, **own}
+
+
 @pytest.mark.parametrize("group,name", PRESETS)
-def test_every_preset_composes(group, name):
-    overrides = [f"{group}={name}", "data.path=/corpus.txt"]
-    cfg = compose(overrides)
-    assert isinstance(cfg, Config)
-    if group == "model":
-        assert cfg.model.name == name
+def test_every_preset_composes_to_its_own_values(group, name):
+    """Selecting a preset gives a typed config carrying every value the preset's file sets."""
+    overrides = {"data.path": "/corpus.txt"}
+    cfg = compose([f"{group}={name}", *(f"{k}={v}" for k, v in overrides.items())])
+    own = preset_values(group, name)
+    is_global = (Path(CONF_DIR) / group / f"{name}.yaml").read_text().startswith("# @package _global_")
+    composed = flatten(dataclasses.asdict(cfg) if is_global else {group: dataclasses.asdict(getattr(cfg, group))})
+    expected = {k: v for k, v in flatten(own if is_global else {group: own}).items() if k not in overrides}
+    assert expected, f"{group}/{name}.yaml sets nothing"
+    assert {k: composed.get(k, "<missing>") for k in expected} == expected
     if group == "parallel":
         p = cfg.parallel
-        layout = validate(cfg, world_size=p.tensor_parallel * p.pipeline_parallel * (2 if name == "3d" else 1))
-        assert layout.tensor == p.tensor_parallel and layout.pipeline == p.pipeline_parallel
+        world = p.tensor_parallel * p.pipeline_parallel * (2 if name == "3d" else 1)
+        layout = validate(cfg, world_size=world)
+        assert (layout.tensor, layout.pipeline, layout.world_size) == (p.tensor_parallel, p.pipeline_parallel, world)
 
 
 def test_gpt2_and_llama_shapes():

@@ -136,19 +136,22 @@ def test_activation_checkpointing_same_gradients(world1):
 
 
 @pytest.mark.parametrize("max_norm", [0.05, 1e6, 0.0])
-def test_own_clipping_matches_torch(world1, max_norm):
-    """bigtrain's clipping on the plain path (one norm, foreach kernels) equals torch's."""
-    from bigtrain.train.loop import clip_grad_norm
+def test_own_clipping_is_the_exact_norm(world1, max_norm):
+    """bigtrain's clipping measures the norm within 1e-7 of fp64 (torch's fp32 kernels lose up to
+    1e-4 on an embedding gradient) and scales like torch's clip_grad_norm_."""
+    from bigtrain.parallel.clipping import clip_grad_norm
 
     cfg = VARIANTS["gpt2"]
     a, b = GPT(cfg, TensorParallel(), VOCAB, seed=0), GPT(cfg, TensorParallel(), VOCAB, seed=0)
     tokens = torch.randint(0, VOCAB, (2, cfg.seq_len))
     for model in (a, b):
         lm_loss(model(tokens), tokens, torch.ones(2, cfg.seq_len)).backward()
-    want = torch.nn.utils.clip_grad_norm_(list(b.parameters()), max_norm if max_norm > 0 else float("inf"))
+    exact = sum(float(p.grad.double().square().sum()) for p in b.parameters()) ** 0.5
     got = clip_grad_norm(list(a.parameters()), max_norm)
-    assert got == pytest.approx(float(want), rel=1e-6) and got > 0.05
+    assert got == pytest.approx(exact, rel=1e-7) and got > 0.05
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(list(b.parameters()), max_norm, torch.tensor(exact))
     for pa, pb in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-6, atol=0)
-    clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in a.parameters()]))
-    assert float(clipped) == pytest.approx(min(got, max_norm) if max_norm > 0 else got, rel=1e-5)
+    clipped = sum(float(p.grad.double().square().sum()) for p in a.parameters()) ** 0.5
+    assert clipped == pytest.approx(min(got, max_norm) if max_norm > 0 else got, rel=1e-5)
