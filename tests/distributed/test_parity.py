@@ -3,7 +3,7 @@ accumulation, evaluation and the end-of-run sample (tests/distributed/parity.py)
 
 fp32: per-step loss and validation loss within 1e-4 relative of one process over 20 steps, the
 logged pre-clipping gradient norm within 1e-3, the same sample, and `launch/generate.py`'s code
-path gives the same greedy text from each layout's checkpoint.
+path samples the same text from each layout's checkpoint.
 bf16: each layout against the one-process bf16 run, within BF16_TOLERANCE (measured figures in
 the README). Each layout runs through the real `deepspeed` launcher as multi-process gloo on CPU.
 """
@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
 TOLERANCE = {"loss": 1e-4, "val_loss": 1e-4, "grad_norm": 1e-3}
 # bf16 rounds activations to 8 bits of mantissa; layouts reduce in different orders, so per-step
 # differences are rounding noise that training carries forward (measured worst: README).
-BF16_TOLERANCE = {"loss": 1e-2, "val_loss": 1e-2, "grad_norm": 5e-2}
+BF16_TOLERANCE = {"loss": 1e-3, "val_loss": 1e-3, "grad_norm": 1e-2}
 FAMILIES = {"gpt": GPT, "llama": LLAMA, "gpt_untied": GPT_UNTIED}
 CASES = [("zero1_dp2", "gpt"), ("zero2_dp2", "gpt"), ("zero3_dp2", "gpt"), ("tp2", "llama"), ("tp2_sp", "gpt"),
          ("pp2", "gpt"), ("pp2", "gpt_untied"), ("pp2_zero0", "gpt"), ("tp2_pp2", "llama"),
@@ -69,5 +69,5 @@ def test_layout_matches_single_process(layout, family, precision, corpus, cache_
         assert worst[key] < bound, (key, [(r["step"], r.get(key), q.get(key)) for r, q in zip(rows, ref_rows)])
     if precision == "fp32":
         assert summary["sample"] == ref_summary["sample"]  # the same tokens drawn in every layout
-        greedy = [generate_text(d, "", 24, temperature=0.0, top_k=0, top_p=1.0, seed=0) for d in (run_dir, ref_dir)]
-        assert greedy[0] == greedy[1] and len(greedy[0]) >= 24
+        texts = [generate_text(d, "", 40, temperature=1.0, top_k=0, top_p=1.0, seed=0) for d in (run_dir, ref_dir)]
+        assert texts[0] == texts[1] and len(texts[0].strip()) >= 10
