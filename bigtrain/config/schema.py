@@ -26,7 +26,7 @@ class ModelConfig:
     n_kv_heads: Optional[int] = None  # None: multi-head attention (= n_heads)
     d_model: int = 256
     ffn_hidden: Optional[int] = None  # None: 4*d (gelu) or 8/3*d rounded up to 64 (swiglu)
-    seq_len: int = 256
+    seq_len: int = 128
     position: Literal["learned", "sinusoidal", "rope"] = "learned"
     rope_theta: float = 10000.0
     norm: Literal["layernorm", "rmsnorm"] = "layernorm"
@@ -65,7 +65,7 @@ class DataConfig:
     tokenizer: Literal["bpe", "unigram", "char"] = "bpe"
     vocab_size: int = 4096  # sentencepiece vocabulary (ignored for char)
     val_fraction: float = 0.1  # the last fraction of the corpus text is validation
-    max_bytes: Optional[int] = None  # cap on corpus size (stdlib is ~30 MB)
+    max_bytes: Optional[int] = 8_000_000  # cap on corpus size (the stdlib is ~30 MB); None: all of it
     cache_dir: Optional[str] = None  # None: $BIGTRAIN_CACHE or ~/.cache/bigtrain
     append_eod: bool = True  # end every document with the EOD token
     # Cut a text file into documents at this separator (kept with the text). GPTDataset shuffles
@@ -110,7 +110,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    max_steps: int = 300
+    max_steps: int = 200
     micro_batch_size: int = 8
     global_batch_size: int = 16
     eval_interval: int = 100

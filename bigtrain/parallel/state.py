@@ -2,7 +2,7 @@
 
 Rank order is tensor-parallel fastest, then data, then pipeline: megatron-core's default order
 ('tp-cp-ep-dp-pp') and DeepSpeed's `PipeModelDataParallelTopology` (axes pipe, data, model) give
-the same map, which `tests/distributed/test_topology.py` checks.
+the same map, which `tests/unit/test_topology.py` checks.
 """
 from __future__ import annotations
 

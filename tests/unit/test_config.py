@@ -59,6 +59,14 @@ def test_every_preset_composes_to_its_own_values(group, name):
         assert (layout.tensor, layout.pipeline, layout.world_size) == (p.tensor_parallel, p.pipeline_parallel, world)
 
 
+def test_composing_no_overrides_gives_the_schema_defaults():
+    """One source of defaults: the default presets say what the schema's dataclasses say."""
+    composed, documented = dataclasses.asdict(compose([])), dataclasses.asdict(Config())
+    differ = {f"{g}.{k}": (v, documented[g][k]) for g in composed for k, v in composed[g].items()
+              if v != documented[g][k]}
+    assert not differ, f"(composed, schema) disagree: {differ}"
+
+
 def test_gpt2_and_llama_shapes():
     gpt2 = compose(["model=gpt2_124m"]).model
     assert (gpt2.n_layers, gpt2.n_heads, gpt2.d_model, gpt2.seq_len, gpt2.ffn_dim) == (12, 12, 768, 1024, 3072)
