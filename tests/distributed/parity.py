@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from bigtrain.parallel.state import free_port
-from tests.conftest import ROOT, launch, read_metrics
+from tests.helpers.launch import ROOT, launch, read_metrics
 
 STEPS = 20
 GPT = ["model=tiny", "model.n_layers=4", "model.d_model=64", "model.n_heads=4", "model.seq_len=32"]

@@ -7,7 +7,7 @@ Both run on DeepSpeed's ZeRO-1 optimizers (see bigtrain/config/deepspeed.py).
 """
 import pytest
 
-from tests.conftest import PYTHON, ROOT, launch, read_metrics
+from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
 from tests.distributed.parity import COMMON, GPT, LAYOUTS, STEPS, worst_relative_difference
 
 pytestmark = pytest.mark.e2e

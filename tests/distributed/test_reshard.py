@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 
-from tests.conftest import read_metrics
+from tests.helpers.launch import read_metrics
 from tests.distributed.parity import LAYOUTS, LLAMA, run_layout_raw
 
-pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
+pytestmark = [pytest.mark.distributed, pytest.mark.e2e, pytest.mark.four_ranks]  # every case has a tp2×pp2 side
 
 STEPS = ["trainer.max_steps=12", "trainer.eval_interval=100"]
 TOLERANCE = 1e-5

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bigtrain.train.consolidated import read_tensors
-from tests.conftest import read_metrics
+from tests.helpers.launch import read_metrics
 from tests.distributed.parity import GPT, LAYOUTS, LLAMA, run_layout_raw
 
 pytestmark = [pytest.mark.distributed, pytest.mark.e2e]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import PYTHON, ROOT, launch, read_metrics
+from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
 from tests.distributed.parity import COMMON, GPT, LLAMA, run_layout_raw
 
 pytestmark = pytest.mark.e2e

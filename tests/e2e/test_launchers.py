@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, launch, read_metrics
+from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
 
 pytestmark = pytest.mark.e2e
 

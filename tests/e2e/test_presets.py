@@ -11,7 +11,7 @@ import pytest
 
 from bigtrain.config.hydra import CONF_DIR
 from bigtrain.parallel.state import free_port
-from tests.conftest import ROOT, launch, read_metrics
+from tests.helpers.launch import ROOT, launch, read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
 
@@ -27,7 +27,8 @@ def test_every_parallel_preset_is_covered():
     assert sorted(p.stem for p in (Path(CONF_DIR) / "parallel").glob("*.yaml")) == sorted(RANKS)
 
 
-@pytest.mark.parametrize("preset", list(RANKS))
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=[pytest.mark.four_ranks] if RANKS[p][0] >= 4 else [])
+                                    for p in RANKS])
 def test_preset_runs_with_its_own_defaults(preset, corpus, cache_dir, tmp_path):
     ranks, tensor, pipeline, data = RANKS[preset]
     proc = launch([shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),

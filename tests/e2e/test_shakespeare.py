@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import ROOT, SHAKESPEARE, launch, read_metrics
+from tests.helpers.launch import ROOT, SHAKESPEARE, launch, read_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,0 +1,31 @@
+"""Running bigtrain's entry points in subprocesses and reading what they wrote."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+PYTHON = sys.executable
+
+
+def launch(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a launcher command from the repository root; fail with its output on timeout."""
+    # The world1 fixture put this process's own rendezvous variables in os.environ: drop them.
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
+    try:
+        return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        out = (err.stdout or b"").decode(errors="replace") if isinstance(err.stdout, bytes) else err.stdout
+        pytest.fail(f"{args} timed out after {timeout}s; output tail:\n{(out or '')[-3000:]}")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
