@@ -136,14 +136,15 @@ def _finish(cfg: Config, run_dir: Path, ranks, engine, trainer, tokenizer, vocab
 
 def _sample(cfg: Config, engine, ranks, tokenizer, vocab: int) -> str:
     """The end-of-run sample, in any layout: every rank takes part and all draw the same tokens."""
+    from bigtrain.parallel.engine import tensor_parallel_plan
     from bigtrain.parallel.pipeline import pipeline_logits
     from bigtrain.train.sample import evaluating, generate, last_logits
 
-    t, p = cfg.trainer, cfg.parallel
+    t, shards = cfg.trainer, tensor_parallel_plan(cfg).sequence_shards
     if ranks.layout.pipeline > 1:
-        next_logits = pipeline_logits(engine.module, ranks, cfg, vocab)
+        next_logits = pipeline_logits(engine.module, ranks, cfg, vocab, shards)
     else:
-        next_logits = last_logits(engine.module, p.tensor_parallel if p.sequence_parallel else 1)
+        next_logits = last_logits(engine.module, shards)
     prompt = tokenizer.encode(t.sample_prompt) if t.sample_prompt else [tokenizer.eod]
     with evaluating(engine.module):
         ids = generate(next_logits, prompt, t.sample_tokens, cfg.model.seq_len, t.sample_temperature,

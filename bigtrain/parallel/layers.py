@@ -33,6 +33,11 @@ class TensorParallel:
     pipeline_parallel: int = 1
     params_dtype: torch.dtype = torch.float32
 
+    @property
+    def sequence_shards(self) -> int:
+        """How many ranks split the positions between blocks (sequence parallel), else 1."""
+        return self.size if self.sequence_parallel else 1
+
     @cached_property
     def megatron(self) -> ModelParallelConfig:
         return ModelParallelConfig(
@@ -139,6 +144,12 @@ tp_rank_and_size = tensor_parallel_rank_and_size
 def scatter_sequence(x: torch.Tensor) -> torch.Tensor:
     """(T, B, D) -> (T/tp, B, D): enter the sequence-parallel region."""
     return tensor_parallel.scatter_to_sequence_parallel_region(x)
+
+
+def pad_positions(ids: torch.Tensor, shards: int) -> torch.Tensor:
+    """(B, t) -> (B, t') with t' a multiple of `shards`, padded on the right: sequence parallel
+    splits positions evenly, and causal attention leaves positions < t unchanged."""
+    return F.pad(ids, (0, -ids.shape[1] % shards))
 
 
 def gather_vocab(logits: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,6 @@ of the unpipelined one. With tied embeddings the last stage holds a copy of the 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
@@ -58,7 +57,7 @@ def build_pipeline(cfg: Config, tp: tpl.TensorParallel, ranks: Ranks, vocab: int
     )
 
 
-def pipeline_logits(module: PipelineModule, ranks: Ranks, cfg: Config, vocab: int):
+def pipeline_logits(module: PipelineModule, ranks: Ranks, cfg: Config, vocab: int, sequence_shards: int):
     """Next-token logits across pipeline stages, for `bigtrain.train.sample.generate`.
 
     ids (1, t) -> (1, V) on every rank: each stage runs its own layers on what the previous stage
@@ -67,17 +66,17 @@ def pipeline_logits(module: PipelineModule, ranks: Ranks, cfg: Config, vocab: in
     stages exchange their (t'/tp, 1, D) slices; causal attention keeps position t-1 unchanged.
     """
     prev, nxt, last = pipeline_peers()
-    shards = cfg.parallel.tensor_parallel if cfg.parallel.sequence_parallel else 1
     padded_vocab = tpl.padded_vocab(vocab, cfg.model.pad_vocab_multiple, cfg.parallel.tensor_parallel)
     param = next(module.parameters())
 
     def next_logits(ids: torch.Tensor) -> torch.Tensor:
         t = ids.shape[1]
-        padded = F.pad(ids, (0, -t % shards))  # (1, t')
+        padded = tpl.pad_positions(ids, sequence_shards)  # (1, t')
         if ranks.is_first_stage:
             x = module(padded)
         else:
-            x = torch.empty(padded.shape[1] // shards, 1, cfg.model.d_model, dtype=param.dtype, device=param.device)
+            x = torch.empty(padded.shape[1] // sequence_shards, 1, cfg.model.d_model, dtype=param.dtype,
+                            device=param.device)
             torch.distributed.recv(x, src=prev)  # (t'/shards, 1, D)
             x = module(x)
         if ranks.is_last_stage:

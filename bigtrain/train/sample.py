@@ -11,9 +11,8 @@ import contextlib
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from bigtrain.parallel.layers import gather_vocab
+from bigtrain.parallel.layers import gather_vocab, pad_positions
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -29,7 +28,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def last_logits(model, pad_multiple: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+def last_logits(model, sequence_shards: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
     """Next-token logits from an unpipelined model: ids (1, t) -> (1, V), the whole vocabulary.
 
     Sequence parallel splits the positions over tensor-parallel ranks, so the context is padded
@@ -37,7 +36,7 @@ def last_logits(model, pad_multiple: int = 1) -> Callable[[torch.Tensor], torch.
     """
     def next_logits(ids: torch.Tensor) -> torch.Tensor:
         t = ids.shape[1]
-        padded = F.pad(ids, (0, -t % pad_multiple))  # (1, t') with t' a multiple of pad_multiple
+        padded = pad_positions(ids, sequence_shards)  # (1, t')
         return gather_vocab(model(padded)[t - 1].float())  # (1, V) at the last real position
     return next_logits
 
@@ -72,5 +71,5 @@ def generate(next_logits: Callable[[torch.Tensor], torch.Tensor], prompt: list[i
         else:
             probs = torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
             nxt = torch.multinomial(probs.cpu(), 1, generator=gen).to(device)  # (1, 1)
-        ids = torch.cat([ids, nxt.to(device)], dim=1)
+        ids = torch.cat([ids, nxt], dim=1)
     return ids[0, len(prompt):].tolist()
