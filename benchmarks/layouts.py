@@ -7,6 +7,7 @@ global batch; tokens/s is the median over steps after the first five (start-up e
 peak memory is each rank's peak resident set (CPU) or allocated memory (GPU). Writes
 benchmarks/results/layouts_<device>.json and .md, and a bar plot when matplotlib is present.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,12 +21,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's bigtrain
-from bigtrain.parallel.state import free_port  # noqa: E402
+from bigtrain.parallel.state import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ["model=tiny", "model.n_layers=4", "model.d_model=256", "model.n_heads=4", "model.n_kv_heads=2",
-         "model.seq_len=128"]
+MODEL = [
+    "model=tiny",
+    "model.n_layers=4",
+    "model.d_model=256",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.seq_len=128",
+]
 LAYOUTS = {  # name: (ranks, overrides)
     "single": (1, ["parallel=single", "trainer.micro_batch_size=8"]),
     "zero1_dp2": (2, ["parallel=zero1", "trainer.micro_batch_size=4"]),
@@ -41,23 +47,42 @@ LAYOUTS = {  # name: (ranks, overrides)
 
 def run(name: str, ranks: int, overrides: list[str], args, workdir: Path) -> dict:
     run_dir = workdir / name
-    cmd = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
-           "launch/pretrain.py", *MODEL, *overrides, f"data.path={args.data_path}", "data=shakespeare_char",
-           f"trainer.max_steps={args.steps}", "trainer.global_batch_size=16", f"precision={args.precision}",
-           f"trainer.eval_interval={args.steps}", "trainer.eval_iters=1", "trainer.sample_tokens=0",
-           "logging.progress_bar=false", "logging.tensorboard=false", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        shutil.which("deepspeed"),
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+        "launch/pretrain.py",
+        *MODEL,
+        *overrides,
+        f"data.path={args.data_path}",
+        "data=shakespeare_char",
+        f"trainer.max_steps={args.steps}",
+        "trainer.global_batch_size=16",
+        f"precision={args.precision}",
+        f"trainer.eval_interval={args.steps}",
+        "trainer.eval_iters=1",
+        "trainer.sample_tokens=0",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     if proc.returncode != 0 or not (run_dir / "summary.json").exists():
         return {"layout": name, "ranks": ranks, "error": proc.stderr[-1500:]}
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
     steady = rows[5:] or rows
-    return {"layout": name, "ranks": ranks,
-            "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in steady),
-            "tflops_per_rank": statistics.median(r["tflops"] for r in steady),
-            "mfu": statistics.median(r["mfu"] for r in steady) if steady[0]["mfu"] is not None else None,
-            "peak_mem_gb_per_rank": summary["peak_mem_gb_per_rank"],
-            "final_loss": rows[-1]["loss"]}
+    return {
+        "layout": name,
+        "ranks": ranks,
+        "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in steady),
+        "tflops_per_rank": statistics.median(r["tflops"] for r in steady),
+        "mfu": statistics.median(r["mfu"] for r in steady) if steady[0]["mfu"] is not None else None,
+        "peak_mem_gb_per_rank": summary["peak_mem_gb_per_rank"],
+        "final_loss": rows[-1]["loss"],
+    }
 
 
 def device_name() -> str:
@@ -83,21 +108,29 @@ def main() -> None:
     out = ROOT / "benchmarks" / "results" / f"layouts_{device_name()}_{args.precision}"
     command = "python " + " ".join(sys.argv)
     out.with_suffix(".json").write_text(json.dumps({"command": command, "model": MODEL, "results": results}, indent=1))
-    lines = [f"`{command}`", "", "| layout | ranks | tokens/s | TFLOP/s per rank | MFU | peak memory per rank (GB) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"`{command}`",
+        "",
+        "| layout | ranks | tokens/s | TFLOP/s per rank | MFU | peak memory per rank (GB) |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['layout']} | {r['ranks']} | failed | | | |")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         mem = ", ".join(f"{m:.2f}" for m in r["peak_mem_gb_per_rank"])
-        lines.append(f"| {r['layout']} | {r['ranks']} | {r['tokens_per_sec']:,.0f} | {r['tflops_per_rank']:.3f} | "
-                     f"{mfu} | {mem} |")
+        lines.append(
+            f"| {r['layout']} | {r['ranks']} | {r['tokens_per_sec']:,.0f} | {r['tflops_per_rank']:.3f} | "
+            f"{mfu} | {mem} |"
+        )
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    try:
-        import matplotlib
+    try:  # the plot is optional: matplotlib is a dev dependency
+        import matplotlib  # noqa: PLC0415
+
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+
         ok = [r for r in results if "error" not in r]
         fig, ax = plt.subplots(figsize=(8, 3.5))
         ax.bar([r["layout"] for r in ok], [r["tokens_per_sec"] for r in ok])

@@ -9,6 +9,7 @@ batches are random windows, as nanoGPT samples them. Positions are learned (nano
 block, the default) or rotary (the bigtrain preset). Prints one JSON line: validation loss over
 20 random batches of 12 (nanoGPT's estimate), over the whole split, and the train loss.
 """
+
 import json
 import math
 import sys
@@ -26,7 +27,7 @@ def rotate(x):
     t, d = x.shape[2], x.shape[3]
     angle = torch.arange(t, dtype=torch.float32)[:, None] * 10000.0 ** (-torch.arange(0, d, 2) / d)
     cos, sin = angle.cos(), angle.sin()
-    a, b = x[..., : d // 2], x[..., d // 2:]
+    a, b = x[..., : d // 2], x[..., d // 2 :]
     return torch.cat((a * cos - b * sin, a * sin + b * cos), dim=-1)
 
 
@@ -80,12 +81,16 @@ def main(path: str, seed: int, rotary: bool) -> None:
     model = Model(len(stoi), rotary)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     other = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}],
-                            lr=1e-3, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}], lr=1e-3, betas=(0.9, 0.99)
+    )
 
     def batch(split):
         ix = torch.randint(len(split) - BLOCK, (BATCH,))
-        return (torch.stack([split[i:i + BLOCK] for i in ix]), torch.stack([split[i + 1:i + BLOCK + 1] for i in ix]))
+        return (
+            torch.stack([split[i : i + BLOCK] for i in ix]),
+            torch.stack([split[i + 1 : i + BLOCK + 1] for i in ix]),
+        )
 
     def lr(it):
         if it < 100:
@@ -104,11 +109,21 @@ def main(path: str, seed: int, rotary: bool) -> None:
     seconds = time.perf_counter() - start
     model.eval()
     with torch.no_grad():
-        estimate = {s: sum(model(*batch(d)).item() for _ in range(20)) / 20 for s, d in (("train", train), ("val", val))}
-        windows = [(val[i:i + BLOCK], val[i + 1:i + BLOCK + 1]) for i in range(0, len(val) - BLOCK - 1, BLOCK)]
+        estimate = {
+            s: sum(model(*batch(d)).item() for _ in range(20)) / 20 for s, d in (("train", train), ("val", val))
+        }
+        windows = [(val[i : i + BLOCK], val[i + 1 : i + BLOCK + 1]) for i in range(0, len(val) - BLOCK - 1, BLOCK)]
         full = sum(model(x[None], y[None]).item() for x, y in windows) / len(windows)
-    print(json.dumps({"val_loss_2000": estimate["val"], "train_loss_2000": estimate["train"],
-                      "val_loss_full_split": full, "tokens_per_sec": ITERS * BATCH * BLOCK / seconds}))
+    print(
+        json.dumps(
+            {
+                "val_loss_2000": estimate["val"],
+                "train_loss_2000": estimate["train"],
+                "val_loss_full_split": full,
+                "tokens_per_sec": ITERS * BATCH * BLOCK / seconds,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ benchmarks/reference_shakespeare.py, an independent plain-PyTorch implementation
 recipe with nanoGPT-style random-window sampling, to show what the recipe itself reaches here.
 Writes benchmarks/results/shakespeare_char_cpu.json and .md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,21 +29,44 @@ POSITIONS = ("rope", "learned")
 
 def bigtrain_run(data_path: str, seed: int, position: str, tmp: Path) -> dict:
     run_dir = tmp / f"{position}-seed{seed}"
-    subprocess.run([sys.executable, "launch/pretrain.py", "experiment=shakespeare_char_cpu", f"data.path={data_path}",
-                    f"model.position={position}", f"trainer.seed={seed}", f"hydra.run.dir={run_dir}",
-                    "logging.progress_bar=false",
-                    "trainer.sample_tokens=300", "trainer.eval_full_split_at_end=true"],
-                   cwd=ROOT, check=True, capture_output=True, text=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "launch/pretrain.py",
+            "experiment=shakespeare_char_cpu",
+            f"data.path={data_path}",
+            f"model.position={position}",
+            f"trainer.seed={seed}",
+            f"hydra.run.dir={run_dir}",
+            "logging.progress_bar=false",
+            "trainer.sample_tokens=300",
+            "trainer.eval_full_split_at_end=true",
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
-    return {"seed": seed, "position": position, "val_loss_2000": rows[-1]["val_loss"], "train_loss_2000": rows[-1]["loss"],
-            "val_loss_full_split": summary["val_loss_full_split"], "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in rows),
-            "sample": summary.get("sample", "")[:300]}
+    return {
+        "seed": seed,
+        "position": position,
+        "val_loss_2000": rows[-1]["val_loss"],
+        "train_loss_2000": rows[-1]["loss"],
+        "val_loss_full_split": summary["val_loss_full_split"],
+        "tokens_per_sec": statistics.median(r["tokens_per_sec"] for r in rows),
+        "sample": summary.get("sample", "")[:300],
+    }
 
 
 def reference_run(data_path: str, seed: int, position: str) -> dict:
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "reference_shakespeare.py"), data_path, str(seed),
-                          position], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "reference_shakespeare.py"), data_path, str(seed), position],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return {"seed": seed, "position": position, **json.loads(out.strip().splitlines()[-1])}
 
 
@@ -68,18 +92,34 @@ def main() -> None:
             refs.append(reference_run(args.data_path, seed, position))
             print("reference", json.dumps(refs[-1]), flush=True)
     command = "python " + " ".join(sys.argv)
-    result = {"command": command, "bigtrain": runs, "reference": refs,
-              "bigtrain_mean": {p: {k: mean(runs, p, k) for k in ("val_loss_2000", "val_loss_full_split")}
-                                for p in POSITIONS},
-              "reference_mean": {p: {k: mean(refs, p, k) for k in ("val_loss_2000", "val_loss_full_split")}
-                                 for p in POSITIONS} if refs else {}}
+    result = {
+        "command": command,
+        "bigtrain": runs,
+        "reference": refs,
+        "bigtrain_mean": {
+            p: {k: mean(runs, p, k) for k in ("val_loss_2000", "val_loss_full_split")} for p in POSITIONS
+        },
+        "reference_mean": {
+            p: {k: mean(refs, p, k) for k in ("val_loss_2000", "val_loss_full_split")} for p in POSITIONS
+        }
+        if refs
+        else {},
+    }
     out = ROOT / "benchmarks" / "results" / "shakespeare_char_cpu"
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    lines = [f"`{command}`", "", "| run | positions | seed | val loss @2000 (20×12 windows) | val loss, whole split | "
-             "train loss @2000 | tokens/s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"`{command}`",
+        "",
+        "| run | positions | seed | val loss @2000 (20×12 windows) | val loss, whole split | "
+        "train loss @2000 | tokens/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, rows in (("bigtrain", runs), ("plain-PyTorch reference", refs)):
-        lines += [f"| {name} | {r['position']} | {r['seed']} | {r['val_loss_2000']:.4f} | {r['val_loss_full_split']:.4f} | "
-                  f"{r['train_loss_2000']:.4f} | {r['tokens_per_sec']:,.0f} |" for r in rows]
+        lines += [
+            f"| {name} | {r['position']} | {r['seed']} | {r['val_loss_2000']:.4f} | {r['val_loss_full_split']:.4f} | "
+            f"{r['train_loss_2000']:.4f} | {r['tokens_per_sec']:,.0f} |"
+            for r in rows
+        ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

@@ -12,22 +12,31 @@ of them alike:
 `engine / plain` is the framework's overhead, `plain / reference` the model's. Both position
 types. Writes benchmarks/results/step_overhead_cpu.{json,md}.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # this checkout's bigtrain
-sys.path.insert(0, str(ROOT / "benchmarks"))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+import torch
 
-import torch  # noqa: E402
+from bigtrain.process import setup_process
+
+ROOT = Path(__file__).resolve().parents[1]
+setup_process()  # before DeepSpeed and megatron-core load, as every entry point does
+
+import reference_shakespeare  # noqa: E402  (beside this file)
+
+from bigtrain.config import validate  # noqa: E402
+from bigtrain.config.hydra import compose  # noqa: E402
+from bigtrain.model.gpt import GPT, lm_loss  # noqa: E402
+from bigtrain.model.layers import Vocab  # noqa: E402
+from bigtrain.parallel.engine import build_engine  # noqa: E402
+from bigtrain.parallel.state import init_distributed, seed_everything, tensor_parallel_plan  # noqa: E402
 
 VOCAB, BATCH, BLOCK = 65, 12, 64
 
@@ -36,6 +45,7 @@ def engine_step(engine, x, y, mask, lm_loss):
     def step():  # bigtrain's clipper runs inside engine.step(), as in training
         engine.backward(lm_loss(engine(x), y, mask))
         engine.step()
+
     return step
 
 
@@ -47,31 +57,25 @@ def plain_step(model, loss_fn):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
     return step
 
 
 def measure(position: str, rounds: int, steps: int) -> dict:
-    import deepspeed
-    import reference_shakespeare
-
-    from bigtrain.config import validate
-    from bigtrain.config.hydra import compose
-    from bigtrain.model.gpt import GPT, lm_loss
-    from bigtrain.parallel.engine import build_engine, tensor_parallel_plan
-    from bigtrain.parallel.state import init_distributed, seed_everything
-
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     cfg = compose(["experiment=shakespeare_char_cpu", "data.path=unused.txt", f"model.position={position}"])
     ranks = init_distributed(validate(cfg, world_size=1))
     seed_everything(0, ranks)
-    engine, _ = build_engine(cfg, ranks, VOCAB, log=lambda *a: None)
-    plain_model = GPT(cfg.model, tensor_parallel_plan(cfg), VOCAB, seed=0)
+    vocab = Vocab.of(VOCAB, cfg.model.pad_vocab_multiple)
+    engine, _ = build_engine(cfg, ranks, vocab, log=lambda *a: None)
+    plain_model = GPT(cfg.model, tensor_parallel_plan(cfg.parallel, ranks), vocab, seed=0)
     reference = reference_shakespeare.Model(VOCAB, rotary=position == "rope")
     x, y = torch.randint(0, VOCAB, (BATCH, BLOCK)), torch.randint(0, VOCAB, (BATCH, BLOCK))
     mask = torch.ones(BATCH, BLOCK)
-    ways = {"engine": engine_step(engine, x, y, mask, lm_loss),
-            "plain": plain_step(plain_model, lambda m: lm_loss(m(x), y, mask)),
-            "reference": plain_step(reference, lambda m: m(x, y))}
+    ways = {
+        "engine": engine_step(engine, x, y, mask, lm_loss),
+        "plain": plain_step(plain_model, lambda m: lm_loss(m(x), y, mask)),
+        "reference": plain_step(reference, lambda m: m(x, y)),
+    }
     times = {name: [] for name in ways}
     for _ in range(rounds):
         for name, step in ways.items():
@@ -82,9 +86,13 @@ def measure(position: str, rounds: int, steps: int) -> dict:
                 step()
             times[name].append((time.perf_counter() - start) / steps * 1e3)
     ms = {name: statistics.median(t) for name, t in times.items()}
-    return {"position": position, "ms_per_step": ms, "engine_over_plain": ms["engine"] / ms["plain"],
-            "plain_over_reference": ms["plain"] / ms["reference"],
-            "tokens_per_sec": {name: BATCH * BLOCK / (v / 1e3) for name, v in ms.items()}}
+    return {
+        "position": position,
+        "ms_per_step": ms,
+        "engine_over_plain": ms["engine"] / ms["plain"],
+        "plain_over_reference": ms["plain"] / ms["reference"],
+        "tokens_per_sec": {name: BATCH * BLOCK / (v / 1e3) for name, v in ms.items()},
+    }
 
 
 def main() -> None:
@@ -98,11 +106,17 @@ def main() -> None:
     command = "python " + " ".join(sys.argv)
     out = ROOT / "benchmarks" / "results" / "step_overhead_cpu"
     out.with_suffix(".json").write_text(json.dumps({"command": command, "results": results}, indent=1))
-    lines = [f"`{command}`", "", "| positions | engine ms/step | plain loop ms/step | reference ms/step | "
-             "engine / plain | plain / reference |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['position']} | {r['ms_per_step']['engine']:.2f} | {r['ms_per_step']['plain']:.2f} | "
-              f"{r['ms_per_step']['reference']:.2f} | {r['engine_over_plain']:.3f} | {r['plain_over_reference']:.3f} |"
-              for r in results]
+    lines = [
+        f"`{command}`",
+        "",
+        "| positions | engine ms/step | plain loop ms/step | reference ms/step | engine / plain | plain / reference |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['position']} | {r['ms_per_step']['engine']:.2f} | {r['ms_per_step']['plain']:.2f} | "
+        f"{r['ms_per_step']['reference']:.2f} | {r['engine_over_plain']:.3f} | {r['plain_over_reference']:.3f} |"
+        for r in results
+    ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

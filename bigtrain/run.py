@@ -1,26 +1,56 @@
-"""One training run: validated config → process groups → data → model → loop → sample."""
+"""One training run: validated config → process groups → data → model → loop → sample.
+
+The orchestrator: it alone holds the whole `Config` and hands each component its own section."""
+
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
-from bigtrain.config.schema import Config, ConfigError
+from bigtrain.config.hydra import to_config
+from bigtrain.config.schema import Config, ConfigError, DataConfig, ModelConfig
 from bigtrain.config.validate import validate
 from bigtrain.data.corpus import DataError
+from bigtrain.data.dataset import Batches, Prefetched, build_datasets
+from bigtrain.data.prepare import Prepared, check_enough_tokens, prepare
+from bigtrain.metrics.peak import peak_tflops
+from bigtrain.metrics.sinks import Sinks
+from bigtrain.metrics.throughput import Meter, peak_memory_gb
+from bigtrain.model.flops import parameter_count, train_flops_per_token
+from bigtrain.model.gpt import lm_loss
+from bigtrain.model.hf import ExportError, load_hf_folder
+from bigtrain.model.layers import Vocab
+from bigtrain.parallel import state as pstate
+from bigtrain.parallel.engine import build_engine
+from bigtrain.parallel.pipeline import pipeline_logits
+from bigtrain.parallel.state import Ranks, seed_everything, tensor_parallel_plan
+from bigtrain.train import consolidated
+from bigtrain.train.checkpoint import Checkpointer, CheckpointError
+from bigtrain.train.loop import Trainer, TrainState
+from bigtrain.train.sample import evaluating, generate, last_logits
+
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving; relaunch to continue
+
+
+def main(tree, run_dir: str) -> int:
+    """Entry point behind `bigtrain-pretrain`: typed config errors become one line and exit code 2."""
+    try:
+        cfg = to_config(tree)
+        summary = run(cfg, Path(run_dir))
+    except (ConfigError, DataError, CheckpointError, ExportError) as err:
+        print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    return EXIT_INTERRUPTED if summary.get("interrupted") else 0
 
 
 def run(cfg: Config, run_dir: Path) -> dict:
     """Train as configured; returns the final summary (validation loss, perplexity, sample)."""
     layout = validate(cfg)  # before any process group
-    _quiet_libraries()
-    _set_threads(layout.world_size)
-    from bigtrain.parallel import state as pstate
-
     ranks = pstate.init_distributed(layout)
     log = print if ranks.is_main else (lambda *a, **k: None)
     try:
@@ -29,40 +59,56 @@ def run(cfg: Config, run_dir: Path) -> dict:
         pstate.destroy()
 
 
-def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
-    from bigtrain.data.dataset import Batches, Prefetched, build_datasets
-    from bigtrain.data.prepare import check_enough_tokens
-    from bigtrain.metrics.sinks import Sinks
-    from bigtrain.parallel.engine import build_engine
-    from bigtrain.parallel.state import seed_everything
-    from bigtrain.train.checkpoint import Checkpointer
-    from bigtrain.train.loop import Trainer, TrainState
+def model_vocab(model: ModelConfig, tokenizer_vocab: int, tp_size: int) -> Vocab:
+    """The run's vocabulary facts, computed once: the tokenizer's size unless model.vocab_size
+    asks for more rows, padded for this tensor-parallel size."""
+    size = model.vocab_size or tokenizer_vocab
+    if size < tokenizer_vocab:
+        raise ConfigError(
+            f"model.vocab_size={size} is smaller than the tokenizer's {tokenizer_vocab}: "
+            "set model.vocab_size=null to take the tokenizer's"
+        )
+    return Vocab.of(size, model.pad_vocab_multiple, tp_size)
 
+
+def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     t, layout = cfg.trainer, ranks.layout
-    prepared = _prepare_on_one_rank(cfg, ranks, log)
+    prepared = _prepare_on_one_rank(cfg.data, ranks, log)
     check_enough_tokens(prepared, cfg.model.seq_len)
     tokenizer = prepared.tokenizer
-    vocab = cfg.model.vocab_size or tokenizer.vocab_size
-    if vocab < tokenizer.vocab_size:
-        raise ConfigError(f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size}: "
-                          "set model.vocab_size=null to take the tokenizer's")
+    vocab = model_vocab(cfg.model, tokenizer.vocab_size, layout.tensor)
     seed_everything(t.seed, ranks)
     engine, clipper = build_engine(cfg, ranks, vocab, log=log)
     seed_everything(t.seed, ranks)  # dropout streams independent of how many layers this rank built
-    checkpointer = Checkpointer(cfg, Path(t.ckpt_dir) if t.ckpt_dir else run_dir / "checkpoints", ranks, vocab,
-                                tokenizer.path)
+    checkpointer = Checkpointer(
+        cfg, Path(t.ckpt_dir) if t.ckpt_dir else run_dir / "checkpoints", ranks, vocab, tokenizer.path
+    )
     resumed = checkpointer.resume(engine, log)
     if resumed is None and cfg.model.init_from:
-        _import_weights(cfg, engine, ranks, vocab, log)
+        _import_weights(cfg.model, engine, ranks, vocab, log)
     state = TrainState(resumed["step"], resumed["consumed_samples"]) if resumed else TrainState()
     train_ds, val_ds = build_datasets(prepared, cfg.model.seq_len, t.seed, t.max_steps * t.global_batch_size, None)
-    batches = dict(global_batch=t.global_batch_size, micro_batch=t.micro_batch_size,
-                   dp_size=layout.data, dp_rank=ranks.dp)
-    meter = _meter(cfg, vocab, layout, prepared, log)
+    batches = dict(
+        global_batch=t.global_batch_size, micro_batch=t.micro_batch_size, dp_size=layout.data, dp_rank=ranks.dp
+    )
+    meter = _meter(cfg, vocab, layout.world_size, prepared, log)
     sinks = Sinks(cfg.logging, run_dir, t.max_steps, state.step, dataclasses.asdict(cfg)) if ranks.is_main else None
     train_batches = Prefetched(Batches(train_ds, **batches))
-    trainer = Trainer(cfg, engine, ranks, train_batches, Batches(val_ds, **batches), meter,
-                      sinks, checkpointer, state, clipper)
+    loss_fn = functools.partial(lm_loss, tp=tensor_parallel_plan(cfg.parallel, ranks))
+    trainer = Trainer(
+        t,
+        cfg.optim,
+        engine,
+        ranks,
+        train_batches,
+        Batches(val_ds, **batches),
+        meter,
+        sinks,
+        checkpointer,
+        state,
+        loss_fn,
+        clipper,
+    )
     checkpointer.install_signal_handlers()
     try:
         trainer.fit()
@@ -73,51 +119,52 @@ def _train(cfg: Config, run_dir: Path, ranks, log) -> dict:
     return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, vocab, log)
 
 
-def _meter(cfg: Config, vocab: int, layout, prepared, log):
-    from bigtrain.metrics.peak import peak_tflops
-    from bigtrain.metrics.throughput import Meter
-    from bigtrain.model.flops import parameter_count, train_flops_per_token
-    from bigtrain.parallel.layers import padded_vocab
-
+def _meter(cfg: Config, vocab: Vocab, devices: int, prepared: Prepared, log) -> Meter:
     t = cfg.trainer
     peak = peak_tflops(cfg.precision.dtype, cfg.logging.peak_tflops)
-    padded = padded_vocab(vocab, cfg.model.pad_vocab_multiple, layout.tensor)
-    log(f"model: {cfg.model.name}, {parameter_count(cfg.model, padded):,} parameters, vocab {vocab}; "
+    log(
+        f"model: {cfg.model.name}, {parameter_count(cfg.model, vocab.padded):,} parameters, vocab {vocab.size}; "
         f"data: {prepared.meta['corpus']} ({prepared.tokens('train'):,} train / "
-        f"{prepared.tokens('val'):,} val tokens); MFU peak: {_tflops(peak.tflops)} TFLOP/s ({peak.source})")
-    return Meter(tokens_per_step=t.global_batch_size * cfg.model.seq_len,
-                 flops_per_token=train_flops_per_token(cfg.model, vocab), devices=layout.world_size,
-                 peak=peak)
+        f"{prepared.tokens('val'):,} val tokens); MFU peak: {_tflops(peak.tflops)} TFLOP/s ({peak.source})"
+    )
+    return Meter(
+        tokens_per_step=t.global_batch_size * cfg.model.seq_len,
+        flops_per_token=train_flops_per_token(cfg.model, vocab.size),
+        devices=devices,
+        peak=peak,
+    )
 
 
 def _tflops(value: float | None) -> str:
     return "unknown" if value is None else f"{value:.4g}"
 
 
-def _import_weights(cfg: Config, engine, ranks, vocab: int, log) -> None:
+def _import_weights(model: ModelConfig, engine, ranks: Ranks, vocab: Vocab, log) -> None:
     """model.init_from: start from a Hugging Face folder's weights (continued pretraining)."""
-    from bigtrain.model.hf import load_hf_folder
-    from bigtrain.train import consolidated
-
-    tensors = load_hf_folder(Path(cfg.model.init_from), cfg.model, vocab)
-    consolidated.load(engine, Path(cfg.model.init_from), cfg, ranks, vocab, tensors=tensors)
-    log(f"initialized weights from Hugging Face folder {cfg.model.init_from}")
+    tensors = load_hf_folder(Path(model.init_from), model, vocab.size)
+    consolidated.load(engine, Path(model.init_from), model.n_layers, ranks, vocab, tensors=tensors)
+    log(f"initialized weights from Hugging Face folder {model.init_from}")
 
 
-def _finish(cfg: Config, run_dir: Path, ranks, engine, trainer, tokenizer, vocab: int, log) -> dict:
+def _finish(cfg: Config, run_dir: Path, ranks: Ranks, engine, trainer: Trainer, tokenizer, vocab: Vocab, log) -> dict:
     """Final evaluation, memory report, text sample and summary.json."""
-    from bigtrain.metrics.throughput import peak_memory_gb
-
     t, layout, state = cfg.trainer, ranks.layout, trainer.state
     memory = [None] * layout.world_size
     torch.distributed.all_gather_object(memory, round(peak_memory_gb(), 4))
-    summary = {"step": state.step, "interrupted": trainer.interrupted, "val_loss": trainer.last_val,
-               "val_ppl": None if trainer.last_val is None else float(torch.tensor(trainer.last_val).exp()),
-               "peak_mem_gb_per_rank": memory,
-               "mfu_peak_tflops": trainer.meter.peak.tflops, "mfu_peak_source": trainer.meter.peak.source}
+    summary = {
+        "step": state.step,
+        "interrupted": trainer.interrupted,
+        "val_loss": trainer.last_val,
+        "val_ppl": None if trainer.last_val is None else float(torch.tensor(trainer.last_val).exp()),
+        "peak_mem_gb_per_rank": memory,
+        "mfu_peak_tflops": trainer.meter.peak.tflops,
+        "mfu_peak_source": trainer.meter.peak.source,
+    }
     if trainer.interrupted:
-        log(f"stopped by a signal after step {state.step}; the checkpoint is saved: relaunch the same "
-            "command to continue")
+        log(
+            f"stopped by a signal after step {state.step}; the checkpoint is saved: relaunch the same "
+            "command to continue"
+        )
         return summary
     if t.eval_full_split_at_end:
         summary["val_loss_full_split"] = trainer.evaluate(trainer.full_split_batches())
@@ -126,86 +173,53 @@ def _finish(cfg: Config, run_dir: Path, ranks, engine, trainer, tokenizer, vocab
     if ranks.is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         if summary["val_loss"] is not None:
-            log(f"\nvalidation loss {summary['val_loss']:.4f}, perplexity {summary['val_ppl']:.2f} "
-                f"after {state.step} steps")
+            log(
+                f"\nvalidation loss {summary['val_loss']:.4f}, perplexity {summary['val_ppl']:.2f} "
+                f"after {state.step} steps"
+            )
         log(f"MFU against {_tflops(trainer.meter.peak.tflops)} TFLOP/s per device ({trainer.meter.peak.source})")
         if "sample" in summary:
             log("sample:\n" + "-" * 60 + "\n" + summary["sample"] + "\n" + "-" * 60)
     return summary
 
 
-def _sample(cfg: Config, engine, ranks, tokenizer, vocab: int) -> str:
+def _sample(cfg: Config, engine, ranks: Ranks, tokenizer, vocab: Vocab) -> str:
     """The end-of-run sample, in any layout: every rank takes part and all draw the same tokens."""
-    from bigtrain.parallel.engine import tensor_parallel_plan
-    from bigtrain.parallel.pipeline import pipeline_logits
-    from bigtrain.train.sample import evaluating, generate, last_logits
-
-    t, shards = cfg.trainer, tensor_parallel_plan(cfg).sequence_shards
+    t = cfg.trainer
     if ranks.layout.pipeline > 1:
-        next_logits = pipeline_logits(engine.module, ranks, cfg, vocab, shards)
+        tp = tensor_parallel_plan(cfg.parallel, ranks)
+        next_logits = pipeline_logits(engine.module, ranks, tp, cfg.model.d_model, vocab)
     else:
-        next_logits = last_logits(engine.module, shards)
+        next_logits = last_logits(engine.module)
     prompt = tokenizer.encode(t.sample_prompt) if t.sample_prompt else [tokenizer.eod]
     with evaluating(engine.module):
-        ids = generate(next_logits, prompt, t.sample_tokens, cfg.model.seq_len, t.sample_temperature,
-                       t.sample_top_k, seed=t.seed, device=engine.device)
+        ids = generate(
+            next_logits,
+            prompt,
+            t.sample_tokens,
+            cfg.model.seq_len,
+            t.sample_temperature,
+            t.sample_top_k,
+            seed=t.seed,
+            device=engine.device,
+        )
     return t.sample_prompt + tokenizer.decode(ids)
 
 
-def _prepare_on_one_rank(cfg: Config, ranks, log):
+def _prepare_on_one_rank(data: DataConfig, ranks: Ranks, log) -> Prepared:
     """Local rank 0 tokenizes (once per node); the others wait, then read the cached result.
 
     A failure on the preparing rank is sent to every rank so all of them stop with its message
     instead of waiting forever at the barrier.
     """
-    from bigtrain.data.prepare import prepare
-
     error, prepared = None, None
     if ranks.local_rank == 0:
         try:
-            prepared = prepare(cfg.data, log=log)
+            prepared = prepare(data, log=log)
         except (DataError, OSError) as err:
             error = f"{type(err).__name__}: {err}"
     verdict = [error]
     torch.distributed.broadcast_object_list(verdict, src=0)
     if verdict[0]:
         raise DataError(verdict[0].split(": ", 1)[-1])
-    return prepared or prepare(cfg.data, log=lambda *a: None)
-
-
-def _quiet_libraries() -> None:
-    """megatron-core's dataset builder and DeepSpeed's op probes log at INFO; keep warnings only."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-    for name in ("megatron", "compilers", "DeepSpeed", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
-
-
-def _set_threads(world_size: int) -> None:
-    """The deepspeed launcher sets no OMP_NUM_THREADS: share the cores among local ranks."""
-    if "OMP_NUM_THREADS" in os.environ or torch.cuda.is_available():
-        return
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
-
-
-EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving; relaunch to continue
-
-
-def main(tree, run_dir: str) -> int:
-    """Entry point for launch/pretrain.py: typed config errors become one line and exit code 2."""
-    from bigtrain.config.hydra import to_config
-
-    from bigtrain.model.hf import ExportError
-    from bigtrain.train.checkpoint import CheckpointError
-
-    try:
-        cfg = to_config(tree)
-        summary = run(cfg, Path(run_dir))
-    except (ConfigError, DataError, CheckpointError, ExportError) as err:
-        print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
-        return 2
-    return EXIT_INTERRUPTED if summary.get("interrupted") else 0
+    return prepared or prepare(data, log=lambda *a: None)

@@ -1,15 +1,23 @@
 """Shared fixtures: a one-process world for unit tests and corpora. Helpers live in tests/helpers/."""
+
 from __future__ import annotations
 
 import os
+import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 
-from tests.helpers.launch import SHAKESPEARE
+from bigtrain.process import setup_process
 
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses: 2 cores shared by several ranks
+setup_process()  # what every entry point does first, before DeepSpeed and megatron-core load
+
+from bigtrain.config import Config, validate  # noqa: E402
+from bigtrain.parallel.state import init_distributed, seed_everything  # noqa: E402
+from tests.distributed.parity import REPORT  # noqa: E402
+from tests.helpers.launch import SHAKESPEARE  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +33,7 @@ def corpus(tmp_path_factory) -> Path:
     """tinyshakespeare when ../shared is present, else a text made from the stdlib (no download)."""
     if SHAKESPEARE.is_file():
         return SHAKESPEARE
-    import sysconfig
+
     root = Path(sysconfig.get_paths()["stdlib"])
     text = "".join(p.read_text(errors="ignore") for p in sorted(root.glob("*.py"))[:60])
     path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
@@ -36,16 +44,25 @@ def corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def world1():
     """torch.distributed and megatron-core groups for a world of one process (gloo)."""
-    from bigtrain.config import Config, validate
-    from bigtrain.parallel.state import init_distributed, seed_everything
+
     ranks = init_distributed(validate(Config(), world_size=1))
     seed_everything(0, ranks)
     return ranks
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_terminal_summary(terminalreporter):
     """The parity figures of this session, one line per layout (the README table's source)."""
-    from tests.distributed.parity import REPORT
+
     if REPORT:
         terminalreporter.write_line("layout parity, worst relative loss difference vs one process:")
         for name, figures in REPORT.items():

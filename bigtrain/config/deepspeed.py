@@ -1,4 +1,5 @@
 """The DeepSpeed config, generated from ours: never written by hand."""
+
 from __future__ import annotations
 
 from bigtrain.config.schema import Config

@@ -1,16 +1,24 @@
 """The bridge from Hydra's composed tree to the typed `Config`, and the run-directory resolver."""
+
 from __future__ import annotations
 
 import datetime
 import os
 from pathlib import Path
 
+import psutil
+from hydra import compose as hydra_compose
+from hydra import initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+import bigtrain.conf
 from bigtrain.config.schema import Config, ConfigError, from_dict
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# The built-in presets ship inside the package; Hydra finds them as `pkg://bigtrain.conf`, and a
+# user's own presets join them with `--config-dir DIR` (or hydra.searchpath).
+CONF_PACKAGE = "bigtrain.conf"
+CONF_DIR = Path(bigtrain.conf.__file__).parent
 
 
 def run_id() -> str:
@@ -23,10 +31,8 @@ def run_id() -> str:
     """
     if os.environ.get("SLURM_JOB_ID"):
         return f"slurm-{os.environ['SLURM_JOB_ID']}"
-    import psutil
-
     proc = psutil.Process()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "LOCAL_RANK" in os.environ:
+    if "RANK" in os.environ:  # started by a launcher
         proc = proc.parent()
     stamp = datetime.datetime.fromtimestamp(proc.create_time()).strftime("%Y-%m-%d/%H-%M-%S")
     return f"{stamp}-{proc.pid}"
@@ -42,16 +48,15 @@ def to_config(tree: DictConfig) -> Config:
     try:
         raw = OmegaConf.to_container(tree, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
-        raise ConfigError(f"missing value for '{err.full_key}': set it on the command line "
-                          f"({err.full_key}=...)") from None
+        raise ConfigError(
+            f"missing value for '{err.full_key}': set it on the command line ({err.full_key}=...)"
+        ) from None
     raw.pop("hydra", None)
     return from_dict(raw)
 
 
 def compose(overrides: list[str] | None = None) -> Config:
-    """Compose `conf/` without running a job: for tests, tools and notebooks."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-
+    """Compose the built-in presets without running a job: for tests, tools and notebooks."""
     register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base=None):
         return to_config(hydra_compose(config_name="config", overrides=list(overrides or [])))

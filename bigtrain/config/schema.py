@@ -4,6 +4,7 @@ Hydra composes YAML from `conf/`; `from_dict` turns the composed tree into these
 rejecting unknown keys, wrong types and values outside their allowed set with one `ConfigError`
 that names the key, the value and the fix. Cross-field rules live in `validate.py`.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,5 @@
 """Cross-field rules and derived values, checked before any process group exists."""
+
 from __future__ import annotations
 
 import os
@@ -31,48 +32,69 @@ def validate(cfg: Config, world_size: int | None = None) -> Layout:
     m, p, t = cfg.model, cfg.parallel, cfg.trainer
     _positive(cfg)
     if m.d_model % m.n_heads:
-        raise ConfigError(f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}: "
-                          "pick d_model = n_heads × head_dim")
+        raise ConfigError(
+            f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}: "
+            "pick d_model = n_heads × head_dim"
+        )
     if m.n_heads % m.kv_heads:
-        raise ConfigError(f"model.n_heads={m.n_heads} is not divisible by model.n_kv_heads={m.kv_heads}: "
-                          "grouped-query attention needs whole groups")
+        raise ConfigError(
+            f"model.n_heads={m.n_heads} is not divisible by model.n_kv_heads={m.kv_heads}: "
+            "grouped-query attention needs whole groups"
+        )
     if m.position == "rope" and m.head_dim % 2:
-        raise ConfigError(f"model.position=rope needs an even head_dim, got {m.head_dim}: "
-                          "change model.d_model or model.n_heads")
+        raise ConfigError(
+            f"model.position=rope needs an even head_dim, got {m.head_dim}: change model.d_model or model.n_heads"
+        )
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
     if p.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"parallel.zero_stage={p.zero_stage} is not allowed: use 0, 1, 2 or 3")
     tp, pp = p.tensor_parallel, p.pipeline_parallel
     if m.n_heads % tp:
-        raise ConfigError(f"model.n_heads={m.n_heads} is not divisible by parallel.tensor_parallel={tp}: "
-                          f"pick tensor_parallel from the divisors of {m.n_heads}")
+        raise ConfigError(
+            f"model.n_heads={m.n_heads} is not divisible by parallel.tensor_parallel={tp}: "
+            f"pick tensor_parallel from the divisors of {m.n_heads}"
+        )
     if m.kv_heads % tp:
-        raise ConfigError(f"model.n_kv_heads={m.kv_heads} is not divisible by parallel.tensor_parallel={tp}: "
-                          f"pick tensor_parallel from the divisors of {m.kv_heads}")
+        raise ConfigError(
+            f"model.n_kv_heads={m.kv_heads} is not divisible by parallel.tensor_parallel={tp}: "
+            f"pick tensor_parallel from the divisors of {m.kv_heads}"
+        )
     if m.ffn_dim % tp:
         raise ConfigError(f"model.ffn_hidden={m.ffn_dim} is not divisible by parallel.tensor_parallel={tp}")
     if p.sequence_parallel and tp == 1:
-        raise ConfigError("parallel.sequence_parallel=true needs parallel.tensor_parallel > 1: "
-                          "set tensor_parallel=2 or more, or sequence_parallel=false")
+        raise ConfigError(
+            "parallel.sequence_parallel=true needs parallel.tensor_parallel > 1: "
+            "set tensor_parallel=2 or more, or sequence_parallel=false"
+        )
     if p.sequence_parallel and m.seq_len % tp:
-        raise ConfigError(f"model.seq_len={m.seq_len} is not divisible by parallel.tensor_parallel={tp}, "
-                          "which sequence parallel needs")
+        raise ConfigError(
+            f"model.seq_len={m.seq_len} is not divisible by parallel.tensor_parallel={tp}, "
+            "which sequence parallel needs"
+        )
     if m.n_layers < pp:
-        raise ConfigError(f"model.n_layers={m.n_layers} is less than parallel.pipeline_parallel={pp}: "
-                          "every pipeline stage needs at least one layer")
+        raise ConfigError(
+            f"model.n_layers={m.n_layers} is less than parallel.pipeline_parallel={pp}: "
+            "every pipeline stage needs at least one layer"
+        )
     if pp > 1 and p.zero_stage >= 2:
-        raise ConfigError(f"parallel.zero_stage={p.zero_stage} cannot combine with pipeline_parallel={pp}: "
-                          "DeepSpeed pipelines support ZeRO 0 or 1; set parallel.zero_stage=1")
+        raise ConfigError(
+            f"parallel.zero_stage={p.zero_stage} cannot combine with pipeline_parallel={pp}: "
+            "DeepSpeed pipelines support ZeRO 0 or 1; set parallel.zero_stage=1"
+        )
     if world_size % (tp * pp):
-        raise ConfigError(f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel "
-                          f"= {tp}×{pp}: launch a multiple of {tp * pp} processes")
+        raise ConfigError(
+            f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel "
+            f"= {tp}×{pp}: launch a multiple of {tp * pp} processes"
+        )
     dp = world_size // (tp * pp)
     per_step = t.micro_batch_size * dp
     if t.global_batch_size % per_step:
-        raise ConfigError(f"trainer.global_batch_size={t.global_batch_size} is not divisible by "
-                          f"micro_batch_size × data_parallel = {t.micro_batch_size}×{dp}: "
-                          f"use a multiple of {per_step}")
+        raise ConfigError(
+            f"trainer.global_batch_size={t.global_batch_size} is not divisible by "
+            f"micro_batch_size × data_parallel = {t.micro_batch_size}×{dp}: "
+            f"use a multiple of {per_step}"
+        )
     if cfg.data.source == "text" and not cfg.data.path:
         raise ConfigError("data.source=text needs data.path: pass data.path=/path/to/corpus.txt")
     if not 0.0 < cfg.data.val_fraction < 1.0:
@@ -84,24 +106,33 @@ def validate(cfg: Config, world_size: int | None = None) -> Layout:
 
 def _positive(cfg: Config) -> None:
     checks = {
-        "model.n_layers": cfg.model.n_layers, "model.n_heads": cfg.model.n_heads,
-        "model.d_model": cfg.model.d_model, "model.seq_len": cfg.model.seq_len,
-        "model.n_kv_heads": cfg.model.kv_heads, "model.pad_vocab_multiple": cfg.model.pad_vocab_multiple,
+        "model.n_layers": cfg.model.n_layers,
+        "model.n_heads": cfg.model.n_heads,
+        "model.d_model": cfg.model.d_model,
+        "model.seq_len": cfg.model.seq_len,
+        "model.n_kv_heads": cfg.model.kv_heads,
+        "model.pad_vocab_multiple": cfg.model.pad_vocab_multiple,
         "parallel.tensor_parallel": cfg.parallel.tensor_parallel,
         "parallel.pipeline_parallel": cfg.parallel.pipeline_parallel,
-        "trainer.max_steps": cfg.trainer.max_steps, "trainer.micro_batch_size": cfg.trainer.micro_batch_size,
+        "trainer.max_steps": cfg.trainer.max_steps,
+        "trainer.micro_batch_size": cfg.trainer.micro_batch_size,
         "trainer.global_batch_size": cfg.trainer.global_batch_size,
-        "trainer.eval_interval": cfg.trainer.eval_interval, "trainer.eval_iters": cfg.trainer.eval_iters,
-        "trainer.log_interval": cfg.trainer.log_interval, "trainer.keep_last": cfg.trainer.keep_last,
-        "data.vocab_size": cfg.data.vocab_size, "optim.lr": cfg.optim.lr,
+        "trainer.eval_interval": cfg.trainer.eval_interval,
+        "trainer.eval_iters": cfg.trainer.eval_iters,
+        "trainer.log_interval": cfg.trainer.log_interval,
+        "trainer.keep_last": cfg.trainer.keep_last,
+        "data.vocab_size": cfg.data.vocab_size,
+        "optim.lr": cfg.optim.lr,
     }
     for key, value in checks.items():
         if value <= 0:
             raise ConfigError(f"{key}={value} must be positive")
-    for key, value in {"trainer.save_interval": cfg.trainer.save_interval,
-                       "optim.warmup_steps": cfg.optim.warmup_steps,
-                       "optim.weight_decay": cfg.optim.weight_decay,
-                       "optim.grad_clip": cfg.optim.grad_clip,
-                       "optim.min_lr": cfg.optim.min_lr}.items():
+    for key, value in {
+        "trainer.save_interval": cfg.trainer.save_interval,
+        "optim.warmup_steps": cfg.optim.warmup_steps,
+        "optim.weight_decay": cfg.optim.weight_decay,
+        "optim.grad_clip": cfg.optim.grad_clip,
+        "optim.min_lr": cfg.optim.min_lr,
+    }.items():
         if value < 0:
             raise ConfigError(f"{key}={value} must not be negative")

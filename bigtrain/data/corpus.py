@@ -1,4 +1,5 @@
 """Corpora: where the raw text comes from, as a list of documents with a stable fingerprint."""
+
 from __future__ import annotations
 
 import hashlib
@@ -57,8 +58,9 @@ def _text_file(path: str | None, max_bytes: int | None, separator: str | None) -
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(f"data.path={path!r} is not UTF-8 text ({err.reason} at byte {err.start}): "
-                        "convert it with iconv -t utf-8") from None
+        raise DataError(
+            f"data.path={path!r} is not UTF-8 text ({err.reason} at byte {err.start}): convert it with iconv -t utf-8"
+        ) from None
     if max_bytes is not None:
         text = text[:max_bytes]
     if not text.strip():
@@ -85,6 +87,6 @@ def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], li
             val.append(doc)
         else:
             train.append(doc[: cut - seen])
-            val.append(doc[cut - seen:])
+            val.append(doc[cut - seen :])
         seen += len(doc)
     return train, val

@@ -5,6 +5,7 @@ Micro-batch `m` of data-parallel rank `r` takes its `micro_batch_size` samples a
 (m·dp + r)·micro_batch_size inside it. So the samples a step sees depend only on the step number,
 never on the layout: parity across layouts and exact resume both follow from this.
 """
+
 from __future__ import annotations
 
 import types
@@ -12,6 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
 from bigtrain.data.prepare import Prepared
 
@@ -26,13 +29,14 @@ class Batch:
 def build_datasets(prepared: Prepared, seq_len: int, seed: int, train_samples: int, val_samples: int | None):
     """Train and validation `GPTDataset`s with at least the requested number of samples
     (None: exactly one epoch of the split)."""
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     # What GPTDataset reads of a tokenizer; pad -1 is megatron's own "never a token" id.
     tokenizer = types.SimpleNamespace(
-        vocab_size=prepared.meta["vocab_size"], eod=prepared.tokenizer.eod, pad=-1,
-        unique_identifiers={"class": "bigtrain.sentencepiece", "root": str(prepared.root)})
+        vocab_size=prepared.meta["vocab_size"],
+        eod=prepared.tokenizer.eod,
+        pad=-1,
+        unique_identifiers={"class": "bigtrain.sentencepiece", "root": str(prepared.root)},
+    )
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_len,
@@ -45,7 +49,8 @@ def build_datasets(prepared: Prepared, seq_len: int, seed: int, train_samples: i
         path_to_cache=str(prepared.root / "index-cache"),
     )
     train, val, _ = BlendedMegatronDatasetBuilder(
-        GPTDataset, [train_samples, val_samples, None], lambda: True, config).build()
+        GPTDataset, [train_samples, val_samples, None], lambda: True, config
+    ).build()
     return train, val
 
 

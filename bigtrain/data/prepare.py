@@ -5,6 +5,7 @@ changing any of them builds a new folder and never reuses stale tokens. A folder
 a temporary name and renamed into place, so a crash never leaves a half-written one that looks
 complete.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from bigtrain.config.schema import DataConfig
 from bigtrain.data.corpus import DataError, load_corpus, split_documents
@@ -48,9 +50,12 @@ def cache_root(cfg: DataConfig) -> Path:
 
 def cache_key(cfg: DataConfig, fingerprint: str) -> str:
     settings = {
-        "format": FORMAT_VERSION, "corpus": fingerprint, "tokenizer": cfg.tokenizer,
+        "format": FORMAT_VERSION,
+        "corpus": fingerprint,
+        "tokenizer": cfg.tokenizer,
         "vocab_size": None if cfg.tokenizer == "char" else cfg.vocab_size,
-        "val_fraction": cfg.val_fraction, "append_eod": cfg.append_eod,
+        "val_fraction": cfg.val_fraction,
+        "append_eod": cfg.append_eod,
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -82,13 +87,18 @@ def prepare(cfg: DataConfig, log=print) -> Prepared:
 
 
 def _build(cfg: DataConfig, docs: list[str], out: Path) -> dict:
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
     train_docs, val_docs = split_documents(docs, cfg.val_fraction)
     tok = train_tokenizer(train_docs, cfg.tokenizer, cfg.vocab_size, out / "tokenizer")
     dtype = np.uint16 if tok.vocab_size < 2**16 else np.int32
-    meta = {"format": FORMAT_VERSION, "vocab_size": tok.vocab_size, "dtype": np.dtype(dtype).name,
-            "tokens": {}, "documents": {}, "bytes": {}}
+    meta = {
+        "format": FORMAT_VERSION,
+        "vocab_size": tok.vocab_size,
+        "dtype": np.dtype(dtype).name,
+        "tokens": {},
+        "documents": {},
+        "bytes": {},
+    }
     for split, split_docs in zip(SPLITS, (train_docs, val_docs)):
         builder = IndexedDatasetBuilder(str(out / f"{split}.bin"), dtype=dtype)
         total = 0
@@ -111,8 +121,11 @@ def _intact(root: Path) -> bool:
         meta = json.loads((root / "meta.json").read_text())
         if meta.get("format") != FORMAT_VERSION or not (root / "tokenizer.model").is_file():
             return False
-        return all((root / f"{split}.{ext}").stat().st_size == size
-                   for split in SPLITS for ext, size in meta["bytes"][split].items())
+        return all(
+            (root / f"{split}.{ext}").stat().st_size == size
+            for split in SPLITS
+            for ext, size in meta["bytes"][split].items()
+        )
     except (OSError, ValueError, KeyError):
         return False
 
@@ -125,4 +138,5 @@ def check_enough_tokens(prepared: Prepared, seq_len: int) -> None:
             raise DataError(
                 f"the {split} split of {prepared.meta['corpus']} has {have} tokens, fewer than "
                 f"model.seq_len + 1 = {seq_len + 1}: use a larger corpus, lower model.seq_len, "
-                "or change data.val_fraction")
+                "or change data.val_fraction"
+            )

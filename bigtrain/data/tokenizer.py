@@ -4,6 +4,7 @@ All three are lossless on their corpus: identity normalization, no dummy prefix,
 newline a user-defined piece. BPE and unigram add byte fallback so unseen characters survive;
 `char` is nanoGPT's character vocabulary (plus unk/bos/eos).
 """
+
 from __future__ import annotations
 
 import os
@@ -56,7 +57,10 @@ def train_tokenizer(docs: list[str], kind: str, vocab_size: int, model_prefix: P
         split_by_whitespace=kind != "char",
         allow_whitespace_only_pieces=True,
         user_defined_symbols=["\n"],
-        unk_id=UNK, bos_id=BOS, eos_id=EOS, pad_id=-1,
+        unk_id=UNK,
+        bos_id=BOS,
+        eos_id=EOS,
+        pad_id=-1,
         max_sentence_length=1 << 16,
         input_sentence_size=2_000_000,
         shuffle_input_sentence=True,
@@ -67,15 +71,16 @@ def train_tokenizer(docs: list[str], kind: str, vocab_size: int, model_prefix: P
         chars = {c for line in lines for c in line}
         options.update(vocab_size=len(chars) + 4, character_coverage=1.0)  # + "\n", unk, bos, eos
     else:
-        options.update(vocab_size=vocab_size, byte_fallback=True, character_coverage=0.9995,
-                       hard_vocab_limit=False)
+        options.update(vocab_size=vocab_size, byte_fallback=True, character_coverage=0.9995, hard_vocab_limit=False)
     try:
         spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), **options)
     except RuntimeError as err:
         needed = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", str(err))
         if not needed:
             raise
-        raise DataError(f"data.vocab_size={vocab_size} is too small for this corpus with {kind}: "
-                        f"sentencepiece needs at least {needed.group(2)} pieces (256 byte-fallback "
-                        "pieces, the characters and the specials); raise data.vocab_size") from None
+        raise DataError(
+            f"data.vocab_size={vocab_size} is too small for this corpus with {kind}: "
+            f"sentencepiece needs at least {needed.group(2)} pieces (256 byte-fallback "
+            "pieces, the characters and the specials); raise data.vocab_size"
+        ) from None
     return Tokenizer(f"{model_prefix}.model")

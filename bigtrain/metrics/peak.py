@@ -8,6 +8,7 @@ A measurement taken while the machine was busy would be too low and make MFU imp
 cache keeps the highest of the first runs' measurements, and a run whose achieved TFLOP/s exceeds
 the figure measures again and, if need be, raises the figure to what it achieved.
 """
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,14 @@ class Peak:
     only ever rises: a figure measured while the machine was busy is replaced by a higher one from
     a later run, and a run that achieves more than the figure measures again at once."""
 
-    def __init__(self, tflops: float | None, source: str, cache: Path | None = None, key: str = "",
-                 dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        tflops: float | None,
+        source: str,
+        cache: Path | None = None,
+        key: str = "",
+        dtype: torch.dtype | None = None,
+    ):
         self.tflops, self.source = tflops, source
         self._cache, self._key, self._dtype = cache, key, dtype
         self._remeasured = False
@@ -143,8 +150,10 @@ def cpu_peak(dtype: str, cache: Path | None = None) -> Peak:
     entry = _read_cache(cache).get(key)
     if not isinstance(entry, dict) or entry.get("measurements", 0) < MEASUREMENTS:
         entry = _update_cache(cache, key, measure_cpu_peak(torch_dtype), count=1)
-    source = (f"measured {dtype} matmul on {_cpu_name()}, {threads} threads, "
-              f"best of {entry['measurements']} runs, cached in {cache}")
+    source = (
+        f"measured {dtype} matmul on {_cpu_name()}, {threads} threads, "
+        f"best of {entry['measurements']} runs, cached in {cache}"
+    )
     return Peak(entry["tflops"], source, cache, key, torch_dtype)
 
 

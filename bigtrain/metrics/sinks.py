@@ -1,10 +1,13 @@
 """Where metrics go: console progress bar, metrics.jsonl, TensorBoard, wandb. Rank 0 only."""
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 from pathlib import Path
+
+from tqdm import tqdm
 
 from bigtrain.config.schema import LoggingConfig
 
@@ -19,25 +22,39 @@ def _drop_rows_after(path: Path, step: int) -> None:
 
 
 class Sinks:
-    def __init__(self, cfg: LoggingConfig, run_dir: Path, total_steps: int, start_step: int,
-                 run_config: dict):
+    def __init__(self, cfg: LoggingConfig, run_dir: Path, total_steps: int, start_step: int, run_config: dict):
         self.bar = self.jsonl = self.tb = self.wandb = None
         if cfg.progress_bar:
-            from tqdm import tqdm
-            self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-                            dynamic_ncols=True, file=sys.stdout, mininterval=1.0)
+            self.bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                file=sys.stdout,
+                mininterval=1.0,
+            )
         if cfg.jsonl:
             path = run_dir / "metrics.jsonl"
             _drop_rows_after(path, start_step)  # steps a crashed run logged past its last checkpoint
             self.jsonl = open(path, "a", buffering=1)
         if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            # optional sinks: tensorboard and wandb load only when enabled (seconds of start-up each)
+            from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+
             self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
         if cfg.wandb:
-            import wandb
+            import wandb  # noqa: PLC0415
+
             mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"  # no key: log locally
-            self.wandb = wandb.init(project=cfg.wandb_project, dir=str(run_dir), mode=mode,
-                                    config=run_config, name=run_dir.name, resume="allow")
+            self.wandb = wandb.init(
+                project=cfg.wandb_project,
+                dir=str(run_dir),
+                mode=mode,
+                config=run_config,
+                name=run_dir.name,
+                resume="allow",
+            )
 
     def log(self, record: dict) -> None:
         step = record["step"]
@@ -51,8 +68,11 @@ class Sinks:
             self.wandb.log(numbers, step=step)
         if self.bar:
             self.bar.n = step
-            shown = {"loss": f"{record['loss']:.4f}", "lr": f"{record['lr']:.2e}",
-                     "tok/s": f"{record['tokens_per_sec']:,.0f}"}
+            shown = {
+                "loss": f"{record['loss']:.4f}",
+                "lr": f"{record['lr']:.2e}",
+                "tok/s": f"{record['tokens_per_sec']:,.0f}",
+            }
             if record.get("mfu") is not None:
                 shown["mfu"] = f"{100 * record['mfu']:.1f}%"
             if "val_loss" in record:

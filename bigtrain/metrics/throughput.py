@@ -1,4 +1,5 @@
 """Step time and token counts → tokens/s, achieved TFLOP/s per device, MFU and memory."""
+
 from __future__ import annotations
 
 import resource
@@ -22,8 +23,13 @@ class Meter:
         tflops = tokens_per_sec * self.flops_per_token / self.devices / 1e12
         self.peak.cover(tflops)
         mfu = tflops / self.peak.tflops if self.peak.tflops else None
-        return {"step_time": seconds, "tokens_per_sec": tokens_per_sec, "tflops": tflops, "mfu": mfu,
-                "mem_gb": peak_memory_gb()}
+        return {
+            "step_time": seconds,
+            "tokens_per_sec": tokens_per_sec,
+            "tflops": tflops,
+            "mfu": mfu,
+            "mem_gb": peak_memory_gb(),
+        }
 
 
 def peak_memory_gb() -> float:

@@ -14,6 +14,7 @@ Training is 3× the forward (backward costs twice the forward). Activation recom
 counted: MFU measures useful model work, so checkpointing lowers it, as it should.
 Embedding lookups, norms, activations and softmax are ignored (under 1% at GPT-2 scale).
 """
+
 from __future__ import annotations
 
 from bigtrain.config.schema import ModelConfig

@@ -2,13 +2,14 @@
 
 Activations are sequence-first, (T, B, D), as megatron-core's tensor-parallel layers expect; under
 sequence parallel the T between blocks is this rank's T/tp slice. Projections come from
-`bigtrain.parallel.layers.TensorParallel`, so the same classes serve 1 rank or T tensor-parallel
-ranks. The model is a flat list of layers (embedding, blocks, final norm, head) so that DeepSpeed
+`bigtrain.model.layers.TensorParallel`, so the same classes serve 1 rank or T tensor-parallel
+ranks; the model reads no process-group state, so `GPT(cfg)` builds and runs on one process.
+The model is a flat list of layers (embedding, blocks, final norm, head) so that DeepSpeed
 pipeline stages can cut it anywhere; `GPT` chains the same layers in one process.
 """
+
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -16,8 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.config.schema import ModelConfig
-from bigtrain.parallel import layers as tpl
-from bigtrain.parallel.layers import Norm, TensorParallel
+from bigtrain.model.layers import TensorParallel, Vocab, checkpoint
 
 
 def sinusoidal_table(seq_len: int, d: int) -> torch.Tensor:
@@ -54,6 +54,7 @@ class Attention(nn.Module):
         super().__init__()
         self.head_dim, self.group = cfg.head_dim, cfg.n_heads // cfg.kv_heads
         self.kv_local = cfg.kv_heads // tp.size
+        self.tp = tp
         self.dropout = cfg.dropout
         residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)  # GPT-2's scaled residual init
         self.qkv = tp.column(cfg.d_model, cfg.kv_heads * (self.group + 2) * cfg.head_dim, cfg.bias, cfg.init_std)
@@ -77,9 +78,10 @@ class Attention(nn.Module):
             q, k = apply_rope(q, self.cos[:T], self.sin[:T]), apply_rope(k, self.cos[:T], self.sin[:T])
         p = self.dropout if self.training else 0.0
         # Each tensor-parallel rank holds different heads, so it draws its own dropout masks.
-        with tpl.rng_fork() if p > 0 else contextlib.nullcontext():
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True,
-                                               enable_gqa=self.group > 1)  # (B, H, T, hd)
+        with self.tp.sharded_dropout():
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=p, is_causal=True, enable_gqa=self.group > 1
+            )  # (B, H, T, hd)
         y = y.permute(2, 0, 1, 3).reshape(T, B, -1)  # (T, B, H * hd)
         return self.proj(y)  # (T, B, D), or (T/tp, B, D) under sequence parallel
 
@@ -103,15 +105,15 @@ class MLP(nn.Module):
 
 
 class ResidualDropout(nn.Module):
-    def __init__(self, p: float, sequence_parallel: bool):
+    def __init__(self, p: float, tp: TensorParallel):
         super().__init__()
-        self.p, self.sequence_parallel = p, sequence_parallel
+        self.p, self.tp = p, tp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if self.sequence_parallel:  # ranks hold different positions: different masks
-            with tpl.rng_fork():
+        if self.tp.sequence_parallel:  # ranks hold different positions: different masks
+            with self.tp.sharded_dropout():
                 return F.dropout(x, self.p, True)
         return F.dropout(x, self.p, True)  # replicated activations: the same mask on every rank
 
@@ -119,12 +121,11 @@ class ResidualDropout(nn.Module):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, tp: TensorParallel):
         super().__init__()
-        sp = tp.sequence_parallel
-        self.norm1 = Norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias, sp)
+        self.norm1 = tp.norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.attn = Attention(cfg, tp)
-        self.norm2 = Norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias, sp)
+        self.norm2 = tp.norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.mlp = MLP(cfg, tp)
-        self.drop = ResidualDropout(cfg.dropout, sp)
+        self.drop = ResidualDropout(cfg.dropout, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x)))  # (T, B, D)
@@ -137,21 +138,20 @@ class Embedding(nn.Module):
     `positions=False` builds the copy a last pipeline stage holds only for the tied head.
     """
 
-    def __init__(self, cfg: ModelConfig, tp: TensorParallel, vocab: int, padded_vocab: int,
-                 positions: bool = True):
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel, vocab: Vocab, positions: bool = True):
         super().__init__()
-        self.sequence_parallel = tp.sequence_parallel
-        self.word = tp.embedding(padded_vocab, cfg.d_model, cfg.init_std)
+        self.tp = tp
+        self.word = tp.embedding(vocab.padded, cfg.d_model, cfg.init_std)
         self.position = cfg.position if positions else "none"
         if cfg.position == "learned":
             self.pos = nn.Embedding(cfg.seq_len, cfg.d_model)
             nn.init.normal_(self.pos.weight, std=cfg.init_std)
         elif cfg.position == "sinusoidal":
             self.register_buffer("pos_table", sinusoidal_table(cfg.seq_len, cfg.d_model), persistent=False)
-        self.drop = ResidualDropout(cfg.dropout, tp.sequence_parallel)
+        self.drop = ResidualDropout(cfg.dropout, tp)
         if cfg.tie_embeddings:
-            self.head = tp.tied_head(cfg.d_model, padded_vocab)
-            self.register_buffer("pad_mask", vocab_pad_mask(vocab, padded_vocab), persistent=False)
+            self.head = tp.tied_head(cfg.d_model, vocab.padded)
+            self.register_buffer("pad_mask", tp.vocab_pad_mask(vocab), persistent=False)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         T = tokens.shape[1]
@@ -160,8 +160,8 @@ class Embedding(nn.Module):
             x = x + self.pos.weight[:T, None, :]  # (T, 1, D) broadcast over batch
         elif self.position == "sinusoidal":
             x = x + self.pos_table[:T, None, :].to(x.dtype)
-        if self.sequence_parallel:
-            x = tpl.scatter_sequence(x)  # (T/tp, B, D)
+        if self.tp.sequence_parallel:
+            x = self.tp.scatter_sequence(x)  # (T/tp, B, D)
         return self.drop(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -172,7 +172,7 @@ class Embedding(nn.Module):
 class FinalNorm(nn.Module):
     def __init__(self, cfg: ModelConfig, tp: TensorParallel):
         super().__init__()
-        self.norm = Norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias, tp.sequence_parallel)
+        self.norm = tp.norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(x)
@@ -181,20 +181,13 @@ class FinalNorm(nn.Module):
 class LMHead(nn.Module):
     """Untied LM head: (T, B, D) -> (T, B, V/tp); padded vocabulary entries get -inf."""
 
-    def __init__(self, cfg: ModelConfig, tp: TensorParallel, vocab: int, padded_vocab: int):
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel, vocab: Vocab):
         super().__init__()
-        self.proj = tp.column(cfg.d_model, padded_vocab, False, cfg.init_std)
-        self.register_buffer("pad_mask", vocab_pad_mask(vocab, padded_vocab), persistent=False)
+        self.proj = tp.column(cfg.d_model, vocab.padded, False, cfg.init_std)
+        self.register_buffer("pad_mask", tp.vocab_pad_mask(vocab), persistent=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.proj(h).masked_fill(self.pad_mask, float("-inf"))
-
-
-def vocab_pad_mask(vocab: int, padded_vocab: int) -> torch.Tensor:
-    """True for this rank's vocabulary columns that are padding, never to be predicted."""
-    rank, size = tpl.tp_rank_and_size()
-    local = padded_vocab // size
-    return torch.arange(rank * local, (rank + 1) * local) >= vocab  # (V/tp,)
 
 
 def seed_layer(seed: int) -> None:
@@ -206,16 +199,27 @@ class GPT(nn.Module):
     """The decoder in one process (per tensor-parallel rank): tokens (B, T) -> logits (T, B, V/tp).
 
     Layer i is built after `seed_layer(seed + i)`: 0 embedding, 1..L blocks, L+1 final norm,
-    L+2 untied head, the same numbering the pipeline uses.
+    L+2 untied head, the same numbering the pipeline uses. `tp` defaults to one process and
+    `vocab` to model.vocab_size padded for it.
     """
 
-    def __init__(self, cfg: ModelConfig, tp: TensorParallel, vocab: int, seed: int,
-                 checkpoint_activations: bool = False):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        tp: TensorParallel = TensorParallel(),
+        vocab: Vocab | None = None,
+        seed: int = 0,
+        checkpoint_activations: bool = False,
+    ):
         super().__init__()
-        padded = tpl.padded_vocab(vocab, cfg.pad_vocab_multiple, tp.size)
+        if vocab is None:
+            if cfg.vocab_size is None:
+                raise ValueError("GPT needs a vocabulary: pass vocab=Vocab.of(...) or set model.vocab_size")
+            vocab = Vocab.of(cfg.vocab_size, cfg.pad_vocab_multiple, tp.size)
+        self.tp, self.vocab = tp, vocab
         self.checkpoint_activations = checkpoint_activations
         seed_layer(seed)
-        self.embed = Embedding(cfg, tp, vocab, padded)
+        self.embed = Embedding(cfg, tp, vocab)
         self.blocks = nn.ModuleList()
         for i in range(cfg.n_layers):
             seed_layer(seed + 1 + i)
@@ -223,18 +227,20 @@ class GPT(nn.Module):
         seed_layer(seed + cfg.n_layers + 1)
         self.final_norm = FinalNorm(cfg, tp)
         seed_layer(seed + cfg.n_layers + 2)
-        self.head = None if cfg.tie_embeddings else LMHead(cfg, tp, vocab, padded)
+        self.head = None if cfg.tie_embeddings else LMHead(cfg, tp, vocab)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         x = self.embed(tokens)  # (T, B, D)
         for block in self.blocks:
-            x = tpl.checkpoint(block, x) if self.checkpoint_activations and self.training else block(x)
+            x = checkpoint(block, x) if self.checkpoint_activations and self.training else block(x)
         h = self.final_norm(x)
         return self.embed.logits(h) if self.head is None else self.head(h)  # (T, B, V/tp)
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+def lm_loss(
+    logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, tp: TensorParallel = TensorParallel()
+) -> torch.Tensor:
     """Mean next-token loss. logits (T, B, V/tp) sequence-first; labels, loss_mask (B, T)."""
-    per_token = tpl.vocab_parallel_cross_entropy(logits.float(), labels.t().contiguous())  # (T, B)
+    per_token = tp.cross_entropy(logits.float(), labels.t().contiguous())  # (T, B)
     mask = loss_mask.t().to(per_token.dtype)
     return (per_token * mask).sum() / mask.sum().clamp(min=1.0)

@@ -1,40 +1,51 @@
-"""Hugging Face ⇄ bigtrain weights, for the two families a Hugging Face class represents exactly.
+"""Hugging Face ⇄ bigtrain weights: one declarative map per model family serves both directions.
 
-    learned or sinusoidal positions + LayerNorm + GELU, multi-head  →  GPT2LMHeadModel
-    rotary positions + RMSNorm + SwiGLU (any GQA)                   →  LlamaForCausalLM
+    learned or sinusoidal positions + LayerNorm + GELU, multi-head   →  GPT2LMHeadModel
+    rotary positions + LayerNorm + GELU, multi-head                  →  GPTNeoXForCausalLM
+    rotary positions + RMSNorm + SwiGLU (any GQA)                    →  LlamaForCausalLM
 
-bigtrain tensors are full (unsharded) and use canonical names (see train/consolidated.py). The
-fused attention projection is laid out per kv group as [q_1..q_g, k, v] × head_dim rows; GPT-2's
-Conv1D layers store (in, out), the transpose of a linear weight. A bigtrain model without biases
-exports to GPT-2 with zero biases (the same function); sinusoidal positions export as GPT-2's
-position table filled with the sinusoid.
+Anything else is refused with the list above. bigtrain tensors are full (unsharded) and use
+canonical names (see train/consolidated.py). A `Rule` pairs one bigtrain tensor with its Hugging
+Face tensor(s) and names the conversion between them; `to_hf` applies the rules forwards and
+`from_hf` backwards, so the two directions cannot drift apart.
+
+Layouts: bigtrain's fused attention projection is laid out per kv group as [q_1..q_g, k, v] ×
+head_dim rows. GPT-NeoX's `query_key_value` is per head [q, k, v] × head_dim, which is the same
+thing when every head is its own group. GPT-2's Conv1D layers store (in, out), the transpose of a
+linear weight, and its c_attn is [all q; all k; all v]. Llama keeps q, k and v apart. Where
+bigtrain has no bias (or no LayerNorm bias), GPT-2 and GPT-NeoX get zeros, the same function;
+sinusoidal positions export as GPT-2's position table filled with the sinusoid.
 """
+
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
+from safetensors.torch import load_file
 
 from bigtrain.config.schema import ModelConfig
+from bigtrain.model.gpt import sinusoidal_table
+
+SUPPORTED = (
+    "learned|sinusoidal + layernorm + gelu (GPT2LMHeadModel), rope + layernorm + gelu "
+    "(GPTNeoXForCausalLM), rope + rmsnorm + swiglu (LlamaForCausalLM)"
+)
 
 
 class ExportError(ValueError):
     """A model no Hugging Face class represents exactly; the message says which ones do."""
 
 
-def family(cfg: ModelConfig) -> str:
-    if cfg.position in ("learned", "sinusoidal") and cfg.norm == "layernorm" and cfg.activation == "gelu":
-        if cfg.kv_heads != cfg.n_heads:
-            raise ExportError(f"GPT2LMHeadModel has no grouped-query attention (model.n_kv_heads={cfg.kv_heads}, "
-                              f"n_heads={cfg.n_heads}): use n_kv_heads=null, or the Llama family")
-        return "gpt2"
-    if cfg.position == "rope" and cfg.norm == "rmsnorm" and cfg.activation == "swiglu":
-        return "llama"
-    raise ExportError(
-        f"no Hugging Face class represents position={cfg.position}, norm={cfg.norm}, activation={cfg.activation} "
-        "exactly: export supports learned|sinusoidal + layernorm + gelu (GPT2LMHeadModel) and "
-        "rope + rmsnorm + swiglu (LlamaForCausalLM)")
+@dataclass(frozen=True)
+class Rule:
+    ours: str  # canonical bigtrain name
+    theirs: tuple[str, ...]  # Hugging Face name(s)
+    convert: str = "same"  # a key of CONVERSIONS
+    zeros: int = 0  # > 0: a bias bigtrain may lack; Hugging Face then gets this many zeros
 
 
 def _split_qkv(w: torch.Tensor, cfg: ModelConfig):
@@ -48,154 +59,332 @@ def _split_qkv(w: torch.Tensor, cfg: ModelConfig):
 def _join_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     g, hd = cfg.n_heads // cfg.kv_heads, cfg.head_dim
     rest = q.shape[1:]
-    grouped = torch.cat([q.reshape(cfg.kv_heads, g, hd, *rest), k.reshape(cfg.kv_heads, 1, hd, *rest),
-                         v.reshape(cfg.kv_heads, 1, hd, *rest)], dim=1)  # (KV, g+2, hd, ...)
+    grouped = torch.cat(
+        [
+            q.reshape(cfg.kv_heads, g, hd, *rest),
+            k.reshape(cfg.kv_heads, 1, hd, *rest),
+            v.reshape(cfg.kv_heads, 1, hd, *rest),
+        ],
+        dim=1,
+    )  # (KV, g+2, hd, ...)
     return grouped.reshape(-1, *rest)
 
 
-def _zeros_if_missing(t: dict, name: str, size: int) -> torch.Tensor:
-    return t[name] if name in t else torch.zeros(size)
+def _t(x: torch.Tensor) -> torch.Tensor:
+    return x.t() if x.ndim == 2 else x  # Conv1D weights are (in, out); biases stay as they are
+
+
+def _concat_qkv(x: torch.Tensor, cfg: ModelConfig) -> tuple[torch.Tensor]:
+    return (_t(torch.cat(_split_qkv(x, cfg))),)
+
+
+def _unconcat_qkv(xs: tuple[torch.Tensor, ...], cfg: ModelConfig) -> torch.Tensor:
+    q, k, v = _t(xs[0]).split([cfg.n_heads * cfg.head_dim, *[cfg.kv_heads * cfg.head_dim] * 2])
+    return _join_qkv(q, k, v, cfg)
+
+
+# name: (bigtrain → Hugging Face tensors, Hugging Face tensors → bigtrain)
+CONVERSIONS: dict[str, tuple[Callable, Callable]] = {
+    "same": (lambda x, cfg: (x,), lambda xs, cfg: xs[0]),
+    "transpose": (lambda x, cfg: (_t(x),), lambda xs, cfg: _t(xs[0])),
+    "qkv_concat_transpose": (_concat_qkv, _unconcat_qkv),
+    "qkv_split": (_split_qkv, lambda xs, cfg: _join_qkv(*xs, cfg)),
+}
+
+
+def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
+    d, f = cfg.d_model, cfg.ffn_dim
+    rules = [Rule("embed.word.weight", ("transformer.wte.weight",))]
+    if cfg.position == "learned":
+        rules.append(Rule("embed.pos.weight", ("transformer.wpe.weight",)))
+    for i in range(cfg.n_layers):
+        b, h = f"blocks.{i}.", f"transformer.h.{i}."
+        rules += [
+            Rule(b + "attn.qkv.weight", (h + "attn.c_attn.weight",), "qkv_concat_transpose"),
+            Rule(b + "attn.qkv.bias", (h + "attn.c_attn.bias",), "qkv_concat_transpose", zeros=3 * d),
+            Rule(b + "attn.proj.weight", (h + "attn.c_proj.weight",), "transpose"),
+            Rule(b + "attn.proj.bias", (h + "attn.c_proj.bias",), zeros=d),
+            Rule(b + "mlp.up.weight", (h + "mlp.c_fc.weight",), "transpose"),
+            Rule(b + "mlp.up.bias", (h + "mlp.c_fc.bias",), zeros=f),
+            Rule(b + "mlp.down.weight", (h + "mlp.c_proj.weight",), "transpose"),
+            Rule(b + "mlp.down.bias", (h + "mlp.c_proj.bias",), zeros=d),
+            Rule(b + "norm1.weight", (h + "ln_1.weight",)),
+            Rule(b + "norm1.bias", (h + "ln_1.bias",), zeros=d),
+            Rule(b + "norm2.weight", (h + "ln_2.weight",)),
+            Rule(b + "norm2.bias", (h + "ln_2.bias",), zeros=d),
+        ]
+    return rules + [
+        Rule("final_norm.norm.weight", ("transformer.ln_f.weight",)),
+        Rule("final_norm.norm.bias", ("transformer.ln_f.bias",), zeros=d),
+        Rule("head.proj.weight", ("lm_head.weight",)),
+    ]
+
+
+def _neox_rules(cfg: ModelConfig) -> list[Rule]:
+    d, f = cfg.d_model, cfg.ffn_dim
+    rules = [Rule("embed.word.weight", ("gpt_neox.embed_in.weight",))]
+    for i in range(cfg.n_layers):
+        b, h = f"blocks.{i}.", f"gpt_neox.layers.{i}."
+        rules += [
+            Rule(b + "attn.qkv.weight", (h + "attention.query_key_value.weight",)),
+            Rule(b + "attn.qkv.bias", (h + "attention.query_key_value.bias",), zeros=3 * d),
+            Rule(b + "attn.proj.weight", (h + "attention.dense.weight",)),
+            Rule(b + "attn.proj.bias", (h + "attention.dense.bias",), zeros=d),
+            Rule(b + "mlp.up.weight", (h + "mlp.dense_h_to_4h.weight",)),
+            Rule(b + "mlp.up.bias", (h + "mlp.dense_h_to_4h.bias",), zeros=f),
+            Rule(b + "mlp.down.weight", (h + "mlp.dense_4h_to_h.weight",)),
+            Rule(b + "mlp.down.bias", (h + "mlp.dense_4h_to_h.bias",), zeros=d),
+            Rule(b + "norm1.weight", (h + "input_layernorm.weight",)),
+            Rule(b + "norm1.bias", (h + "input_layernorm.bias",), zeros=d),
+            Rule(b + "norm2.weight", (h + "post_attention_layernorm.weight",)),
+            Rule(b + "norm2.bias", (h + "post_attention_layernorm.bias",), zeros=d),
+        ]
+    # `embed_out` is the name on the Hub; transformers 5 renames it to lm_head when loading.
+    return rules + [
+        Rule("final_norm.norm.weight", ("gpt_neox.final_layer_norm.weight",)),
+        Rule("final_norm.norm.bias", ("gpt_neox.final_layer_norm.bias",), zeros=d),
+        Rule("head.proj.weight", ("embed_out.weight",)),
+    ]
+
+
+def _llama_rules(cfg: ModelConfig) -> list[Rule]:
+    rules = [Rule("embed.word.weight", ("model.embed_tokens.weight",))]
+    for i in range(cfg.n_layers):
+        b, h = f"blocks.{i}.", f"model.layers.{i}."
+        for suffix in ("weight", "bias") if cfg.bias else ("weight",):
+            a = h + "self_attn."
+            rules += [
+                Rule(
+                    b + "attn.qkv." + suffix,
+                    (a + "q_proj." + suffix, a + "k_proj." + suffix, a + "v_proj." + suffix),
+                    "qkv_split",
+                ),
+                Rule(b + "attn.proj." + suffix, (a + "o_proj." + suffix,)),
+                Rule(b + "mlp.gate." + suffix, (h + "mlp.gate_proj." + suffix,)),
+                Rule(b + "mlp.up." + suffix, (h + "mlp.up_proj." + suffix,)),
+                Rule(b + "mlp.down." + suffix, (h + "mlp.down_proj." + suffix,)),
+            ]
+        rules += [
+            Rule(b + "norm1.weight", (h + "input_layernorm.weight",)),
+            Rule(b + "norm2.weight", (h + "post_attention_layernorm.weight",)),
+        ]
+    return rules + [
+        Rule("final_norm.norm.weight", ("model.norm.weight",)),
+        Rule("head.proj.weight", ("lm_head.weight",)),
+    ]
+
+
+def _gpt2_config(cfg: ModelConfig, vocab: int) -> dict:
+    return {
+        "n_positions": cfg.seq_len,
+        "n_embd": cfg.d_model,
+        "n_layer": cfg.n_layers,
+        "n_head": cfg.n_heads,
+        "n_inner": cfg.ffn_dim,
+        "activation_function": "gelu",
+        "layer_norm_epsilon": cfg.norm_eps,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+    }
+
+
+def _neox_config(cfg: ModelConfig, vocab: int) -> dict:
+    rope = {"rope_type": "default", "rope_theta": cfg.rope_theta, "partial_rotary_factor": 1.0}
+    return {
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "intermediate_size": cfg.ffn_dim,
+        "hidden_act": "gelu",
+        "max_position_embeddings": cfg.seq_len,
+        "layer_norm_eps": cfg.norm_eps,
+        "use_parallel_residual": False,
+        "attention_bias": True,
+        "attention_dropout": 0.0,
+        "hidden_dropout": 0.0,
+        "rope_parameters": rope,
+        # the same rotary settings as transformers 4.x spells them
+        "rotary_pct": 1.0,
+        "rotary_emb_base": cfg.rope_theta,
+    }
+
+
+def _llama_config(cfg: ModelConfig, vocab: int) -> dict:
+    return {
+        "hidden_size": cfg.d_model,
+        "intermediate_size": cfg.ffn_dim,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_theta": cfg.rope_theta,
+        "hidden_act": "silu",
+        "attention_bias": cfg.bias,
+        "mlp_bias": cfg.bias,
+    }
+
+
+@dataclass(frozen=True)
+class Family:
+    arch: str
+    model_type: str
+    rules: Callable[[ModelConfig], list[Rule]]
+    config: Callable[[ModelConfig, int], dict]
+    sizes: tuple[tuple[str, str], ...]  # (config.json key, ModelConfig attribute) that must agree on import
+
+
+FAMILIES = {
+    "gpt2": Family(
+        "GPT2LMHeadModel",
+        "gpt2",
+        _gpt2_rules,
+        _gpt2_config,
+        (("n_layer", "n_layers"), ("n_embd", "d_model"), ("n_head", "n_heads")),
+    ),
+    "gpt_neox": Family(
+        "GPTNeoXForCausalLM",
+        "gpt_neox",
+        _neox_rules,
+        _neox_config,
+        (
+            ("num_hidden_layers", "n_layers"),
+            ("hidden_size", "d_model"),
+            ("num_attention_heads", "n_heads"),
+            ("intermediate_size", "ffn_dim"),
+        ),
+    ),
+    "llama": Family(
+        "LlamaForCausalLM",
+        "llama",
+        _llama_rules,
+        _llama_config,
+        (
+            ("num_hidden_layers", "n_layers"),
+            ("hidden_size", "d_model"),
+            ("num_attention_heads", "n_heads"),
+            ("num_key_value_heads", "kv_heads"),
+            ("intermediate_size", "ffn_dim"),
+        ),
+    ),
+}
+
+
+def family(cfg: ModelConfig) -> str:
+    """The Hugging Face family that represents this model exactly, or an ExportError."""
+    if cfg.norm == "layernorm" and cfg.activation == "gelu" and cfg.position in ("learned", "sinusoidal", "rope"):
+        name = "gpt_neox" if cfg.position == "rope" else "gpt2"
+        if cfg.kv_heads != cfg.n_heads:
+            raise ExportError(
+                f"{FAMILIES[name].arch} has no grouped-query attention (model.n_kv_heads="
+                f"{cfg.kv_heads}, n_heads={cfg.n_heads}): use n_kv_heads=null, or the Llama family"
+            )
+        return name
+    if cfg.position == "rope" and cfg.norm == "rmsnorm" and cfg.activation == "swiglu":
+        return "llama"
+    raise ExportError(
+        f"no Hugging Face class represents position={cfg.position}, norm={cfg.norm}, "
+        f"activation={cfg.activation} exactly: export supports {SUPPORTED}"
+    )
+
+
+def _rules(cfg: ModelConfig) -> list[Rule]:
+    rules = FAMILIES[family(cfg)].rules(cfg)
+    return [r for r in rules if not (r.ours.startswith("head.") and cfg.tie_embeddings)]
 
 
 def to_hf(t: dict, cfg: ModelConfig, vocab: int, bos: int, eos: int) -> tuple[str, dict, dict]:
     """bigtrain tensors → (architecture, config.json dict, Hugging Face state dict)."""
-    kind = family(cfg)
-    d, L = cfg.d_model, cfg.n_layers
+    fam = FAMILIES[family(cfg)]
     out = {}
-    if kind == "gpt2":
-        out["transformer.wte.weight"] = t["embed.word.weight"]
-        if cfg.position == "learned":
-            out["transformer.wpe.weight"] = t["embed.pos.weight"]
-        else:
-            from bigtrain.model.gpt import sinusoidal_table
-            out["transformer.wpe.weight"] = sinusoidal_table(cfg.seq_len, d)
-        for i in range(L):
-            b, h = f"blocks.{i}.", f"transformer.h.{i}."
-            q, k, v = _split_qkv(t[b + "attn.qkv.weight"], cfg)
-            out[h + "attn.c_attn.weight"] = torch.cat([q, k, v]).t()
-            qb, kb, vb = _split_qkv(_zeros_if_missing(t, b + "attn.qkv.bias", 3 * d), cfg)
-            out[h + "attn.c_attn.bias"] = torch.cat([qb, kb, vb])
-            out[h + "attn.c_proj.weight"] = t[b + "attn.proj.weight"].t()
-            out[h + "attn.c_proj.bias"] = _zeros_if_missing(t, b + "attn.proj.bias", d)
-            out[h + "mlp.c_fc.weight"] = t[b + "mlp.up.weight"].t()
-            out[h + "mlp.c_fc.bias"] = _zeros_if_missing(t, b + "mlp.up.bias", cfg.ffn_dim)
-            out[h + "mlp.c_proj.weight"] = t[b + "mlp.down.weight"].t()
-            out[h + "mlp.c_proj.bias"] = _zeros_if_missing(t, b + "mlp.down.bias", d)
-            for ours, theirs in (("norm1", "ln_1"), ("norm2", "ln_2")):
-                out[h + theirs + ".weight"] = t[b + ours + ".weight"]
-                out[h + theirs + ".bias"] = _zeros_if_missing(t, b + ours + ".bias", d)
-        out["transformer.ln_f.weight"] = t["final_norm.norm.weight"]
-        out["transformer.ln_f.bias"] = _zeros_if_missing(t, "final_norm.norm.bias", d)
-        config = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": vocab,
-                  "n_positions": cfg.seq_len, "n_embd": d, "n_layer": L, "n_head": cfg.n_heads,
-                  "n_inner": cfg.ffn_dim, "activation_function": "gelu", "layer_norm_epsilon": cfg.norm_eps,
-                  "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-    else:
-        out["model.embed_tokens.weight"] = t["embed.word.weight"]
-        for i in range(L):
-            b, h = f"blocks.{i}.", f"model.layers.{i}."
-            for suffix in ("weight", "bias"):
-                if b + "attn.qkv." + suffix in t:
-                    q, k, v = _split_qkv(t[b + "attn.qkv." + suffix], cfg)
-                    out.update({h + "self_attn.q_proj." + suffix: q, h + "self_attn.k_proj." + suffix: k,
-                                h + "self_attn.v_proj." + suffix: v})
-                for ours, theirs in (("attn.proj", "self_attn.o_proj"), ("mlp.gate", "mlp.gate_proj"),
-                                     ("mlp.up", "mlp.up_proj"), ("mlp.down", "mlp.down_proj")):
-                    if b + ours + "." + suffix in t:
-                        out[h + theirs + "." + suffix] = t[b + ours + "." + suffix]
-            out[h + "input_layernorm.weight"] = t[b + "norm1.weight"]
-            out[h + "post_attention_layernorm.weight"] = t[b + "norm2.weight"]
-        out["model.norm.weight"] = t["final_norm.norm.weight"]
-        config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
-                  "hidden_size": d, "intermediate_size": cfg.ffn_dim, "num_hidden_layers": L,
-                  "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.kv_heads,
-                  "head_dim": cfg.head_dim, "max_position_embeddings": cfg.seq_len, "rms_norm_eps": cfg.norm_eps,
-                  "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-                  "rope_theta": cfg.rope_theta, "hidden_act": "silu", "attention_bias": cfg.bias,
-                  "mlp_bias": cfg.bias}
-    if not cfg.tie_embeddings:
-        out["lm_head.weight"] = t["head.proj.weight"]
-    config.update(tie_word_embeddings=cfg.tie_embeddings, bos_token_id=bos, eos_token_id=eos,
-                  torch_dtype="float32")
-    return config["architectures"][0], config, {k: v.contiguous().clone() for k, v in out.items()}
+    for rule in _rules(cfg):
+        value = torch.zeros(rule.zeros) if rule.ours not in t and rule.zeros else t[rule.ours]
+        out.update(zip(rule.theirs, CONVERSIONS[rule.convert][0](value, cfg)))
+    if fam.model_type == "gpt2" and cfg.position == "sinusoidal":
+        out["transformer.wpe.weight"] = sinusoidal_table(cfg.seq_len, cfg.d_model)
+    config = {
+        "architectures": [fam.arch],
+        "model_type": fam.model_type,
+        "vocab_size": vocab,
+        **fam.config(cfg, vocab),
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "torch_dtype": "float32",
+    }
+    return fam.arch, config, {k: v.contiguous().clone() for k, v in out.items()}
 
 
 def from_hf(hf: dict, config: dict, cfg: ModelConfig) -> dict:
     """Hugging Face state dict + config.json → bigtrain tensors, after checking the shapes agree."""
-    kind = family(cfg)
-    expected = {"gpt2": {"n_layer": cfg.n_layers, "n_embd": cfg.d_model, "n_head": cfg.n_heads},
-                "llama": {"num_hidden_layers": cfg.n_layers, "hidden_size": cfg.d_model,
-                          "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.kv_heads,
-                          "intermediate_size": cfg.ffn_dim}}[kind]
-    if config.get("model_type") != kind:
-        raise ExportError(f"model.init_from holds a '{config.get('model_type')}' model but model={cfg.name} is the "
-                          f"{kind} family: pick a matching model preset")
-    diffs = [f"{k}: folder {config.get(k)}, model {v}" for k, v in expected.items() if config.get(k) != v]
+    name = family(cfg)
+    fam = FAMILIES[name]
+    if config.get("model_type") != fam.model_type:
+        raise ExportError(
+            f"model.init_from holds a '{config.get('model_type')}' model but model={cfg.name} is the "
+            f"{fam.model_type} family: pick a matching model preset"
+        )
+    diffs = [
+        f"{key}: folder {config.get(key)}, model {getattr(cfg, attr)}"
+        for key, attr in fam.sizes
+        if config.get(key) != getattr(cfg, attr)
+    ]
     if diffs:
-        raise ExportError(f"model.init_from does not match the requested model ({'; '.join(diffs)}): "
-                          "set the model.* sizes to the folder's")
-    tied = config.get("tie_word_embeddings", True)
+        raise ExportError(
+            f"model.init_from does not match the requested model ({'; '.join(diffs)}): "
+            "set the model.* sizes to the folder's"
+        )
+    tied = config.get("tie_word_embeddings", name == "gpt2")  # each class's own default
     if tied != cfg.tie_embeddings:
-        raise ExportError(f"model.init_from has tie_word_embeddings={tied} but model.tie_embeddings="
-                          f"{cfg.tie_embeddings}: set model.tie_embeddings={str(tied).lower()}")
+        raise ExportError(
+            f"model.init_from has tie_word_embeddings={tied} but model.tie_embeddings="
+            f"{cfg.tie_embeddings}: set model.tie_embeddings={str(tied).lower()}"
+        )
+    if name == "gpt_neox" and config.get("use_parallel_residual", True):
+        raise ExportError(
+            "model.init_from is a GPT-NeoX model with use_parallel_residual=true; bigtrain's blocks "
+            "are sequential (attention, then MLP): only use_parallel_residual=false folders load"
+        )
+    if "lm_head.weight" in hf and "embed_out.weight" not in hf and name == "gpt_neox":
+        hf = {**hf, "embed_out.weight": hf["lm_head.weight"]}  # saved by transformers 5
     t = {}
-    if kind == "gpt2":
-        t["embed.word.weight"] = hf["transformer.wte.weight"]
-        if cfg.position == "learned":
-            t["embed.pos.weight"] = hf["transformer.wpe.weight"][: cfg.seq_len]
-        d = cfg.d_model
-        for i in range(cfg.n_layers):
-            b, h = f"blocks.{i}.", f"transformer.h.{i}."
-            q, k, v = hf[h + "attn.c_attn.weight"].t().split(d)
-            t[b + "attn.qkv.weight"] = _join_qkv(q, k, v, cfg)
-            t[b + "attn.proj.weight"] = hf[h + "attn.c_proj.weight"].t()
-            t[b + "mlp.up.weight"] = hf[h + "mlp.c_fc.weight"].t()
-            t[b + "mlp.down.weight"] = hf[h + "mlp.c_proj.weight"].t()
-            t[b + "norm1.weight"], t[b + "norm2.weight"] = hf[h + "ln_1.weight"], hf[h + "ln_2.weight"]
-            if cfg.bias:
-                qb, kb, vb = hf[h + "attn.c_attn.bias"].split(d)
-                t[b + "attn.qkv.bias"] = _join_qkv(qb, kb, vb, cfg)
-                t[b + "attn.proj.bias"] = hf[h + "attn.c_proj.bias"]
-                t[b + "mlp.up.bias"], t[b + "mlp.down.bias"] = hf[h + "mlp.c_fc.bias"], hf[h + "mlp.c_proj.bias"]
-                t[b + "norm1.bias"], t[b + "norm2.bias"] = hf[h + "ln_1.bias"], hf[h + "ln_2.bias"]
-        t["final_norm.norm.weight"] = hf["transformer.ln_f.weight"]
-        if cfg.bias:
-            t["final_norm.norm.bias"] = hf["transformer.ln_f.bias"]
-    else:
-        t["embed.word.weight"] = hf["model.embed_tokens.weight"]
-        for i in range(cfg.n_layers):
-            b, h = f"blocks.{i}.", f"model.layers.{i}."
-            for suffix in ("weight", "bias") if cfg.bias else ("weight",):
-                a = h + "self_attn."
-                t[b + "attn.qkv." + suffix] = _join_qkv(hf[a + "q_proj." + suffix], hf[a + "k_proj." + suffix],
-                                                        hf[a + "v_proj." + suffix], cfg)
-                for ours, theirs in (("attn.proj", "self_attn.o_proj"), ("mlp.gate", "mlp.gate_proj"),
-                                     ("mlp.up", "mlp.up_proj"), ("mlp.down", "mlp.down_proj")):
-                    t[b + ours + "." + suffix] = hf[h + theirs + "." + suffix]
-            t[b + "norm1.weight"] = hf[h + "input_layernorm.weight"]
-            t[b + "norm2.weight"] = hf[h + "post_attention_layernorm.weight"]
-        t["final_norm.norm.weight"] = hf["model.norm.weight"]
-    if not cfg.tie_embeddings:
-        t["head.proj.weight"] = hf["lm_head.weight"]
+    for rule in _rules(cfg):
+        if rule.zeros and not _has(cfg, rule.ours):
+            continue  # a bias this bigtrain model does not have
+        t[rule.ours] = CONVERSIONS[rule.convert][1](tuple(hf[n] for n in rule.theirs), cfg)
+    if "embed.pos.weight" in t:
+        t["embed.pos.weight"] = t["embed.pos.weight"][: cfg.seq_len]
     return {k: v.float().contiguous() for k, v in t.items()}
+
+
+def _has(cfg: ModelConfig, name: str) -> bool:
+    """Whether a bigtrain model with this config has a tensor of this (bias) name."""
+    if not name.endswith(".bias"):
+        return True
+    return cfg.bias and (cfg.norm == "layernorm" or "norm" not in name)
 
 
 def load_hf_folder(folder: Path, cfg: ModelConfig, vocab: int) -> dict:
     """Read a Hugging Face folder (safetensors only: no pickles) into bigtrain tensors."""
-    from safetensors.torch import load_file
-
     config_file = folder / "config.json"
     files = sorted(folder.glob("*.safetensors"))
     if not config_file.is_file() or not files:
-        raise ExportError(f"model.init_from={folder} is not a Hugging Face folder with config.json and "
-                          "*.safetensors weights (pickled .bin weights are not loaded): save it with "
-                          "save_pretrained(safe_serialization=True)")
+        raise ExportError(
+            f"model.init_from={folder} is not a Hugging Face folder with config.json and "
+            "*.safetensors weights (pickled .bin weights are not loaded): save it with "
+            "save_pretrained(safe_serialization=True)"
+        )
     hf = {}
     for file in files:
         hf.update(load_file(str(file)))
     tensors = from_hf(hf, json.loads(config_file.read_text()), cfg)
     rows = tensors["embed.word.weight"].shape[0]
     if rows > vocab:
-        raise ExportError(f"model.init_from has a vocabulary of {rows} but this run's is {vocab}: train with the "
-                          "folder's tokenizer or set model.vocab_size to at least that")
+        raise ExportError(
+            f"model.init_from has a vocabulary of {rows} but this run's is {vocab}: train with the "
+            "folder's tokenizer or set model.vocab_size to at least that"
+        )
     return tensors

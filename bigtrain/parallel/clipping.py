@@ -12,6 +12,7 @@ Each parameter is counted once over the model-parallel (tensor × pipeline) grou
   replicated parameters (norms, biases of row-parallel layers, positions) on TP rank 0 only;
   a tied weight's copy on a later pipeline stage (DeepSpeed marks it `ds_pipe_replicated`) never.
 """
+
 from __future__ import annotations
 
 import torch

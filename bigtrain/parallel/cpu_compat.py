@@ -5,11 +5,13 @@ unconditionally. `apply()` patches exactly those, and only when CUDA is absent, 
 path (sequence parallel, the RNG tracker, activation checkpointing) is tested on CPU. Every patch
 keeps megatron's semantics: the tracker forks the CPU generator the way it forks the CUDA one.
 """
+
 from __future__ import annotations
 
 import logging
 
 import torch
+from megatron.core.tensor_parallel import random as mrandom
 
 _applied = False
 
@@ -18,7 +20,6 @@ def apply() -> None:
     global _applied
     if _applied or torch.cuda.is_available():
         return
-    from megatron.core.tensor_parallel import random as mrandom
 
     # Sequence-parallel gathers and layer buffers allocate on `torch.cuda.current_device()`;
     # on CPU that call raises, so name the CPU instead.
@@ -44,5 +45,6 @@ def apply() -> None:
     # `fork` warns when the CPU generator changes inside it; on CPU that generator *is* the
     # forked stream, so the change is expected. Drop that one message.
     logging.getLogger(mrandom.__name__).addFilter(
-        lambda record: "CPU RNG state changed within GPU RNG context" not in record.getMessage())
+        lambda record: "CPU RNG state changed within GPU RNG context" not in record.getMessage()
+    )
     _applied = True

@@ -4,20 +4,22 @@ Rank order is tensor-parallel fastest, then data, then pipeline: megatron-core's
 ('tp-cp-ep-dp-pp') and DeepSpeed's `PipeModelDataParallelTopology` (axes pipe, data, model) give
 the same map, which `tests/unit/test_topology.py` checks.
 """
+
 from __future__ import annotations
 
 import os
 import random
 import socket
-import warnings
 from dataclasses import dataclass
 
+import deepspeed
 import numpy as np
 import torch
+from megatron.core import parallel_state, tensor_parallel
 
+from bigtrain.config.schema import ParallelConfig
 from bigtrain.config.validate import Layout
-
-warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
+from bigtrain.model.layers import TensorParallel
 
 
 @dataclass(frozen=True)
@@ -56,33 +58,28 @@ def free_port() -> int:
 
 
 def init_distributed(layout: Layout) -> Ranks:
-    """Start torch.distributed (NCCL on GPUs, gloo on CPU), then megatron-core's groups."""
-    # A plain `python launch/pretrain.py` has no launcher environment: make it a world of one.
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(free_port()))
+    """Start torch.distributed (NCCL on GPUs, gloo on CPU), then megatron-core's groups.
+
+    Under a launcher (deepspeed, torchrun, srun) the environment says where this rank is; a plain
+    `python` run is a world of one on a free local port, and the environment is left as it is.
+    """
     cuda = torch.cuda.is_available()
-    if not cuda:
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
-        # DeepSpeed compiles a shared-memory collective with g++ (~60 s) on first use; gloo is
-        # enough for CPU runs.
-        import deepspeed.ops
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    import deepspeed
-    from megatron.core import parallel_state
-
-    from bigtrain.parallel import cpu_compat
-
+    backend = "nccl" if cuda else "gloo"
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+        if "RANK" not in os.environ:
+            torch.distributed.init_process_group(
+                backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+            )
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)  # adopts an existing group
     world = torch.distributed.get_world_size()
     if world != layout.world_size:
-        raise RuntimeError(f"launcher started {world} ranks but the config was validated for "
-                           f"{layout.world_size}: set WORLD_SIZE consistently")
-    cpu_compat.apply()
+        raise RuntimeError(
+            f"launcher started {world} ranks but the config was validated for "
+            f"{layout.world_size}: set WORLD_SIZE consistently"
+        )
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(layout.tensor, layout.pipeline)
     return Ranks(
@@ -95,14 +92,22 @@ def init_distributed(layout: Layout) -> Ranks:
     )
 
 
+def tensor_parallel_plan(parallel: ParallelConfig, ranks: Ranks) -> TensorParallel:
+    """This rank's tensor-parallel place, with megatron-core's group, for building the model."""
+    return TensorParallel(
+        size=parallel.tensor_parallel,
+        rank=ranks.tp,
+        sequence_parallel=parallel.sequence_parallel,
+        group=tensor_parallel_group(),  # also at size 1, so megatron never falls back to its globals
+    )
+
+
 def seed_everything(seed: int, ranks: Ranks) -> None:
     """Python, numpy and torch share `seed` on every rank; megatron's tracker differs per TP rank.
 
     The default generator is the same on all tensor-parallel ranks so dropout on replicated
     activations agrees; dropout on sharded activations forks the tracker's per-rank stream.
     """
-    from megatron.core import tensor_parallel
-
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -114,8 +119,6 @@ def seed_everything(seed: int, ranks: Ranks) -> None:
 
 
 def destroy() -> None:
-    from megatron.core import parallel_state
-
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if torch.distributed.is_initialized():
@@ -123,38 +126,33 @@ def destroy() -> None:
 
 
 def data_parallel_group():
-    from megatron.core import parallel_state
     return parallel_state.get_data_parallel_group()
 
 
 def model_parallel_group():
     """Tensor × pipeline ranks holding one replica of the model."""
-    from megatron.core import parallel_state
     return parallel_state.get_model_parallel_group()
 
 
 def tensor_parallel_group():
-    from megatron.core import parallel_state
     return parallel_state.get_tensor_model_parallel_group()
 
 
 def tensor_parallel_rank_and_size() -> tuple[int, int]:
-    from megatron.core import parallel_state
-    return (parallel_state.get_tensor_model_parallel_rank(),
-            parallel_state.get_tensor_model_parallel_world_size())
+    return (parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_tensor_model_parallel_world_size())
 
 
 def pipeline_parallel_group():
-    from megatron.core import parallel_state
     return parallel_state.get_pipeline_model_parallel_group()
 
 
 def pipeline_peers() -> tuple[int, int, int]:
     """Global ranks of the previous, the next and the last stage of this rank's pipeline."""
-    from megatron.core import parallel_state
-    return (parallel_state.get_pipeline_model_parallel_prev_rank(),
-            parallel_state.get_pipeline_model_parallel_next_rank(),
-            parallel_state.get_pipeline_model_parallel_last_rank())
+    return (
+        parallel_state.get_pipeline_model_parallel_prev_rank(),
+        parallel_state.get_pipeline_model_parallel_next_rank(),
+        parallel_state.get_pipeline_model_parallel_last_rank(),
+    )
 
 
 class DeepSpeedMPU:
@@ -165,7 +163,6 @@ class DeepSpeedMPU:
     """
 
     def __getattr__(self, name: str):
-        from megatron.core import parallel_state
         aliases = {
             "get_model_parallel_rank": parallel_state.get_tensor_model_parallel_rank,
             "get_model_parallel_world_size": parallel_state.get_tensor_model_parallel_world_size,

@@ -14,11 +14,11 @@ Writes are atomic: everything goes to `step_XXXXXXXX.partial/`, which rank 0 ren
 ranks are done, then it points `latest` at it (write to a temporary file, then rename). A crash
 mid-write leaves only a `.partial` folder, which resume ignores and the next save removes.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import shutil
 import signal
@@ -26,15 +26,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from megatron.core import tensor_parallel
 
 from bigtrain.config.schema import Config, ModelConfig
+from bigtrain.faults import fault_point
+from bigtrain.model.layers import Vocab
 from bigtrain.parallel.state import Ranks
 from bigtrain.train import consolidated
+from bigtrain.train.loop import loss_scale
 
 PARTIAL = ".partial"
 # Model settings that change the weights' shapes or meaning; the rest (name, dropout) may differ.
-MODEL_IDENTITY = ("n_layers", "n_heads", "n_kv_heads", "d_model", "ffn_hidden", "position", "norm",
-                  "activation", "bias", "tie_embeddings", "seq_len", "rope_theta")
+MODEL_IDENTITY = (
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "d_model",
+    "ffn_hidden",
+    "position",
+    "norm",
+    "activation",
+    "bias",
+    "tie_embeddings",
+    "seq_len",
+    "rope_theta",
+)
 
 
 class CheckpointError(ValueError):
@@ -49,8 +65,9 @@ def complete_checkpoints(root: Path) -> list[Path]:
     """Finished checkpoints, oldest first (a folder counts once its meta.json is written)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step_*") if not p.name.endswith(PARTIAL)
-                  and (p / "bigtrain" / "meta.json").is_file())
+    return sorted(
+        p for p in root.glob("step_*") if not p.name.endswith(PARTIAL) and (p / "bigtrain" / "meta.json").is_file()
+    )
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -72,8 +89,10 @@ def resolve(path: str | Path) -> Path:
         found = latest_checkpoint(root)
         if found:
             return found
-    raise CheckpointError(f"no complete bigtrain checkpoint under {path}: pass a run directory, its "
-                          "checkpoints/ folder or a checkpoints/step_XXXXXXXX folder")
+    raise CheckpointError(
+        f"no complete bigtrain checkpoint under {path}: pass a run directory, its "
+        "checkpoints/ folder or a checkpoints/step_XXXXXXXX folder"
+    )
 
 
 def read_meta(ckpt: Path) -> dict:
@@ -82,15 +101,23 @@ def read_meta(ckpt: Path) -> dict:
 
 def check_model_matches(saved: dict, wanted: ModelConfig, where: Path) -> None:
     wanted_dict = dataclasses.asdict(wanted)
-    diffs = [f"model.{k}: checkpoint {saved.get(k)!r}, requested {wanted_dict[k]!r}"
-             for k in MODEL_IDENTITY if saved.get(k) != wanted_dict[k]]
+    diffs = [
+        f"model.{k}: checkpoint {saved.get(k)!r}, requested {wanted_dict[k]!r}"
+        for k in MODEL_IDENTITY
+        if saved.get(k) != wanted_dict[k]
+    ]
     if diffs:
-        raise CheckpointError(f"the checkpoint {where} holds a different model ({'; '.join(diffs)}): "
-                              "request the same model settings, or use another run directory / trainer.ckpt_dir")
+        raise CheckpointError(
+            f"the checkpoint {where} holds a different model ({'; '.join(diffs)}): "
+            "request the same model settings, or use another run directory / trainer.ckpt_dir"
+        )
 
 
 class Checkpointer:
-    def __init__(self, cfg: Config, root: Path, ranks: Ranks, vocab: int, tokenizer_file: Path):
+    """Saves, resumes and prunes one run's checkpoints. It takes the whole `Config` because a
+    checkpoint records the run: `meta.json` holds the model, data, layout and precision."""
+
+    def __init__(self, cfg: Config, root: Path, ranks: Ranks, vocab: Vocab, tokenizer_file: Path):
         t = cfg.trainer
         self.cfg, self.root, self.ranks = cfg, Path(root), ranks
         self.interval, self.keep_last, self.max_steps = t.save_interval, t.keep_last, t.max_steps
@@ -104,8 +131,10 @@ class Checkpointer:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM (Slurm preemption, time limit) and SIGUSR1 ask for a checkpoint and a clean exit."""
+
         def handler(signum, frame):
             self.stop_requested = True
+
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             signal.signal(sig, handler)
 
@@ -129,21 +158,29 @@ class Checkpointer:
             for stale in self.root.glob(f"step_*{PARTIAL}"):  # left by a crash mid-write
                 shutil.rmtree(stale, ignore_errors=True)
         torch.distributed.barrier()
-        engine.save_checkpoint(str(self.root), tag=staging.name, save_latest=False,
-                               client_state={"bigtrain": dataclasses.asdict(state)})
+        engine.save_checkpoint(
+            str(self.root), tag=staging.name, save_latest=False, client_state={"bigtrain": dataclasses.asdict(state)}
+        )
         (staging / "rng").mkdir(parents=True, exist_ok=True)
         torch.save(rng, staging / "rng" / f"rank{self.ranks.rank}.pt")
         _restore_rng(rng)  # so a run that saves trains exactly like one that does not
-        consolidated.save(engine, staging / "bigtrain", self.cfg, self.ranks, self.vocab)
+        consolidated.save(engine, staging / "bigtrain", self.cfg.model.n_layers, self.ranks, self.vocab)
         torch.distributed.barrier()
-        _fault_point("save", state.step)
+        fault_point("before_publish", state.step)
         if self.ranks.is_main:
             shutil.copy(self.tokenizer_file, staging / "bigtrain" / "tokenizer.model")
-            meta = {"step": state.step, "consumed_samples": state.consumed_samples, "vocab_size": self.vocab,
-                    "model": dataclasses.asdict(self.cfg.model), "data": dataclasses.asdict(self.cfg.data),
-                    "layout": dataclasses.asdict(self.ranks.layout), "zero_stage": self.cfg.parallel.zero_stage,
-                    "precision": self.cfg.precision.dtype, "adam_step": consolidated.adam_step(engine),
-                    "loss_scale": _loss_scale_or_none(engine)}
+            meta = {
+                "step": state.step,
+                "consumed_samples": state.consumed_samples,
+                "vocab_size": self.vocab.size,
+                "model": dataclasses.asdict(self.cfg.model),
+                "data": dataclasses.asdict(self.cfg.data),
+                "layout": dataclasses.asdict(self.ranks.layout),
+                "zero_stage": self.cfg.parallel.zero_stage,
+                "precision": self.cfg.precision.dtype,
+                "adam_step": consolidated.adam_step(engine),
+                "loss_scale": _loss_scale_or_none(engine),
+            }
             (staging / "bigtrain" / "meta.json").write_text(json.dumps(meta, indent=1))
             if final.exists():
                 shutil.rmtree(final)
@@ -168,41 +205,49 @@ class Checkpointer:
             return None
         meta = read_meta(ckpt)
         check_model_matches(meta["model"], self.cfg.model, ckpt)
-        same_layout = (meta["layout"] == dataclasses.asdict(self.ranks.layout)
-                       and meta["zero_stage"] == self.cfg.parallel.zero_stage
-                       and meta["precision"] == self.cfg.precision.dtype)
+        same_layout = (
+            meta["layout"] == dataclasses.asdict(self.ranks.layout)
+            and meta["zero_stage"] == self.cfg.parallel.zero_stage
+            and meta["precision"] == self.cfg.precision.dtype
+        )
         if same_layout:
-            engine.load_checkpoint(str(self.root), tag=ckpt.name, load_optimizer_states=True,
-                                   load_lr_scheduler_states=True)
+            engine.load_checkpoint(
+                str(self.root), tag=ckpt.name, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
             rng = _load_rng(ckpt / "rng" / f"rank{self.ranks.rank}.pt")
             if rng and hasattr(engine.module, "micro_offset"):
                 engine.module.micro_offset = rng["pipe_micro_offset"]
             how = "exactly (same layout)"
         else:
-            consolidated.load(engine, ckpt / "bigtrain", self.cfg, self.ranks, self.vocab, adam_step=meta["adam_step"])
+            consolidated.load(
+                engine, ckpt / "bigtrain", self.cfg.model.n_layers, self.ranks, self.vocab, adam_step=meta["adam_step"]
+            )
             consolidated.restore_schedule(engine, meta)
-            how = (f"resharded from tensor {meta['layout']['tensor']} × pipeline {meta['layout']['pipeline']} × "
-                   f"data {meta['layout']['data']} (ZeRO {meta['zero_stage']}, {meta['precision']})")
+            how = (
+                f"resharded from tensor {meta['layout']['tensor']} × pipeline {meta['layout']['pipeline']} × "
+                f"data {meta['layout']['data']} (ZeRO {meta['zero_stage']}, {meta['precision']})"
+            )
         log(f"resuming from {ckpt} at step {meta['step']} ({meta['consumed_samples']} samples), {how}")
         return meta
 
 
 def _loss_scale_or_none(engine) -> float | None:
-    from bigtrain.train.loop import loss_scale
     return loss_scale(engine.optimizer) if engine.fp16_enabled() else None
 
 
 def _capture_rng() -> dict:
     """Every RNG stream of this rank, as tensors and numbers (loadable with weights_only)."""
-    from megatron.core import tensor_parallel
-
     version, py_state, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     states = {
-        "python": torch.tensor(py_state, dtype=torch.int64), "python_version": version,
+        "python": torch.tensor(py_state, dtype=torch.int64),
+        "python_version": version,
         "python_gauss": gauss,
-        "numpy": torch.from_numpy(keys.astype(np.int64)), "numpy_pos": pos, "numpy_has_gauss": has_gauss,
-        "numpy_cached": cached, "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_pos": pos,
+        "numpy_has_gauss": has_gauss,
+        "numpy_cached": cached,
+        "torch": torch.get_rng_state(),
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
     if torch.cuda.is_available():
@@ -219,19 +264,11 @@ def _load_rng(path: Path) -> dict | None:
 
 
 def _restore_rng(s: dict) -> None:
-    from megatron.core import tensor_parallel
-
     random.setstate((s["python_version"], tuple(s["python"].tolist()), s["python_gauss"]))
-    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"],
-                         s["numpy_has_gauss"], s["numpy_cached"]))
+    np.random.set_state(
+        ("MT19937", s["numpy"].numpy().astype(np.uint32), s["numpy_pos"], s["numpy_has_gauss"], s["numpy_cached"])
+    )
     torch.set_rng_state(s["torch"])
     tensor_parallel.get_cuda_rng_tracker().set_states(s["tracker"])
     if torch.cuda.is_available() and "cuda" in s:
         torch.cuda.set_rng_state(s["cuda"])
-
-
-def _fault_point(where: str, step: int) -> None:
-    """Fault injection for the crash-safety tests: BIGTRAIN_FAULT=save:<step> kills rank 0 after
-    every rank wrote its files for that step but before the checkpoint is published."""
-    if os.environ.get("BIGTRAIN_FAULT") == f"{where}:{step}" and torch.distributed.get_rank() == 0:
-        os._exit(17)

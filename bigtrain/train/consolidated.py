@@ -9,16 +9,23 @@ for whatever layout is running now and sets both the model weights and, under Ze
 precision, DeepSpeed's fp32 master copies and optimizer state, so training continues as if the
 layout had never changed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
+import deepspeed
 import torch
+from deepspeed.utils import (
+    safe_get_full_fp32_param,
+    safe_get_full_optimizer_state,
+    safe_set_full_fp32_param,
+    safe_set_full_optimizer_state,
+)
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from bigtrain.config.schema import Config
-from bigtrain.parallel import layers as tpl
+from bigtrain.model.layers import Vocab
 from bigtrain.parallel.state import Ranks, tensor_parallel_group
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -28,7 +35,7 @@ VOCAB_ROWS = ("embed.word.weight", "head.proj.weight")
 def canonical_name(name: str, n_layers: int) -> str:
     """A parameter name of GPT or of a DeepSpeed PipelineModule → the GPT name."""
     if name.startswith("tied_modules.embed."):
-        return "embed." + name[len("tied_modules.embed."):]
+        return "embed." + name[len("tied_modules.embed.") :]
     head, _, rest = name.partition(".")
     if not head.isdigit():
         return name
@@ -59,24 +66,19 @@ def adam_step(engine) -> int:
 
 
 def _full_fp32(p: torch.nn.Parameter) -> torch.Tensor:
-    from deepspeed.utils import safe_get_full_fp32_param
     value = safe_get_full_fp32_param(p)  # ZeRO / mixed precision: the fp32 master copy
     return (p.detach() if value is None else value).float()
 
 
 def _full_moment(engine, p, key: str) -> torch.Tensor:
-    from deepspeed.utils import safe_get_full_optimizer_state
     if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
         return safe_get_full_optimizer_state(p, key).float()
     state = _inner_optimizer(engine).state.get(p, {})
     return state[key].float() if key in state else torch.zeros(p.shape, device=p.device)
 
 
-def _gather_tp(local: torch.Tensor, p) -> torch.Tensor:
-    if not getattr(p, "tensor_model_parallel", False):
-        return local
-    _, size = tpl.tp_rank_and_size()
-    if size == 1:
+def _gather_tp(local: torch.Tensor, p, size: int) -> torch.Tensor:
+    if not getattr(p, "tensor_model_parallel", False) or size == 1:
         return local
     parts = [torch.empty_like(local) for _ in range(size)]
     torch.distributed.all_gather(parts, local.contiguous(), group=tensor_parallel_group())
@@ -95,19 +97,19 @@ def _link_optimizer_state(engine) -> None:
         opt._lazy_init_hp_params_optimizer_state()
 
 
-def save(engine, out: Path, cfg: Config, ranks: Ranks, vocab: int) -> None:
+def save(engine, out: Path, n_layers: int, ranks: Ranks, vocab: Vocab) -> None:
     """Collective over all ranks; the first tensor/data rank of each stage writes its files."""
     out.mkdir(parents=True, exist_ok=True)
     _link_optimizer_state(engine)
     writer = ranks.tp == 0 and ranks.dp == 0
     weights, moments = {}, {}
-    for name, p in local_params(engine.module, cfg.model.n_layers):
+    for name, p in local_params(engine.module, n_layers):
         if name.startswith("embed.") and not ranks.is_first_stage:
             continue  # the last stage's copy of the tied embedding
         tensors = {"": _full_fp32(p), **{k: _full_moment(engine, p, k) for k in MOMENTS}}
-        tensors = {k: _gather_tp(v, p).cpu() for k, v in tensors.items()}  # gathered on device
+        tensors = {k: _gather_tp(v, p, ranks.layout.tensor).cpu() for k, v in tensors.items()}  # on device
         if name in VOCAB_ROWS:
-            tensors = {k: v[:vocab] for k, v in tensors.items()}
+            tensors = {k: v[: vocab.size] for k, v in tensors.items()}
         weights[name] = tensors.pop("").contiguous()
         moments.update({f"{k}/{name}": v.contiguous() for k, v in tensors.items()})
     if writer:
@@ -124,51 +126,56 @@ def read_tensors(folder: Path, kind: str = "model") -> dict[str, torch.Tensor]:
     return tensors
 
 
-def shard_for(full: torch.Tensor, name: str, p, padded_vocab: int) -> torch.Tensor:
+def shard_for(full: torch.Tensor, name: str, p, padded_vocab: int, tp_rank: int = 0, tp_size: int = 1) -> torch.Tensor:
     """Full canonical tensor → this rank's piece of parameter `p` (padding rows are zero)."""
     if name in VOCAB_ROWS and full.shape[0] < padded_vocab:
         full = torch.cat([full, full.new_zeros(padded_vocab - full.shape[0], *full.shape[1:])])
     if getattr(p, "tensor_model_parallel", False):
-        rank, size = tpl.tp_rank_and_size()
-        full = full.chunk(size, dim=p.partition_dim)[rank]
+        full = full.chunk(tp_size, dim=p.partition_dim)[tp_rank]
     shape = tuple(getattr(p, "ds_shape", p.shape))
     if tuple(full.shape) != shape:
         raise ValueError(f"{name}: checkpoint shard {tuple(full.shape)} does not fit parameter {shape}")
     return full.contiguous()
 
 
-def load_weights_into_module(module, tensors: dict, n_layers: int, padded_vocab: int) -> None:
-    """Plain (non-DeepSpeed) modules: sampling, evaluation, export checks."""
+def load_weights_into_module(module, tensors: dict, n_layers: int) -> None:
+    """A `GPT` outside DeepSpeed (sampling, evaluation, export checks), any tensor-parallel place."""
+    tp = module.tp
     with torch.no_grad():
         for name, p in local_params(module, n_layers):
-            p.copy_(shard_for(tensors[name], name, p, padded_vocab).to(p.dtype))
+            p.copy_(shard_for(tensors[name], name, p, module.vocab.padded, tp.rank, tp.size).to(p.dtype))
 
 
-def load(engine, folder: Path, cfg: Config, ranks: Ranks, vocab: int, adam_step: int | None = None,
-         tensors: dict | None = None) -> None:
+def load(
+    engine,
+    folder: Path,
+    n_layers: int,
+    ranks: Ranks,
+    vocab: Vocab,
+    adam_step: int | None = None,
+    tensors: dict | None = None,
+) -> None:
     """Set this rank's weights from full canonical tensors and, given the saved Adam step count
     (`meta.json`'s `adam_step`), its Adam moments too."""
-    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-
     optimizer = adam_step is not None
     weights = tensors if tensors is not None else read_tensors(folder, "model")
-    padded = tpl.padded_vocab(vocab, cfg.model.pad_vocab_multiple, ranks.layout.tensor)
+    place = dict(padded_vocab=vocab.padded, tp_rank=ranks.tp, tp_size=ranks.layout.tensor)
     inner = _inner_optimizer(engine)
     moments = {}
     if optimizer:
         moments = read_tensors(folder, "optim")
         _ensure_optimizer_state(engine)
-    for name, p in local_params(engine.module, cfg.model.n_layers):
+    for name, p in local_params(engine.module, n_layers):
         if name not in weights:
             raise ValueError(f"{name} is missing from the checkpoint at {folder}")
-        value = shard_for(weights[name], name, p, padded)
+        value = shard_for(weights[name], name, p, **place)
         _set_model_weight(p, value)
         zero = hasattr(p, "ds_id") or hasattr(p, "_hp_mapping")
         if zero:
             safe_set_full_fp32_param(p, value)
         if not optimizer:
             continue
-        states = {k: shard_for(moments[f"{k}/{name}"], name, p, padded) for k in MOMENTS}
+        states = {k: shard_for(moments[f"{k}/{name}"], name, p, **place) for k in MOMENTS}
         if zero:
             for key, v in states.items():
                 safe_set_full_optimizer_state(p, v, key)
@@ -197,7 +204,6 @@ def _ensure_optimizer_state(engine) -> None:
 def _set_model_weight(p, value: torch.Tensor) -> None:
     with torch.no_grad():
         if hasattr(p, "ds_id"):  # ZeRO-3: gather, write, re-partition
-            import deepspeed
             with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
                 p.data.copy_(value.to(p.dtype))
         else:

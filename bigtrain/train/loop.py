@@ -1,21 +1,24 @@
 """The training loop: forward → loss → backward → step, evaluation and checkpoints on cadence."""
+
 from __future__ import annotations
 
 import math
-import os
-import signal
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-from bigtrain.config.schema import Config
+from bigtrain.config.schema import OptimConfig, TrainerConfig
 from bigtrain.data.dataset import Batch, Batches
+from bigtrain.faults import fault_point
 from bigtrain.metrics.throughput import Meter
-from bigtrain.model.gpt import lm_loss
+from bigtrain.optim import lr_at
 from bigtrain.parallel.clipping import GradClipper
 from bigtrain.parallel.state import Ranks, data_parallel_group
-from bigtrain.train.schedule import lr_at
+
+# (logits (T, B, V/tp), labels (B, T), loss mask (B, T)) -> mean loss
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -25,9 +28,23 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, engine, ranks: Ranks, train: Batches, val: Batches, meter: Meter,
-                 sinks, checkpointer, state: TrainState, clipper: GradClipper | None = None):
-        self.cfg, self.engine, self.ranks = cfg, engine, ranks
+    def __init__(
+        self,
+        trainer: TrainerConfig,
+        optim: OptimConfig,
+        engine,
+        ranks: Ranks,
+        train: Batches,
+        val: Batches,
+        meter: Meter,
+        sinks,
+        checkpointer,
+        state: TrainState,
+        loss_fn: LossFn,
+        clipper: GradClipper | None = None,
+    ):
+        self.t, self.optim, self.engine, self.ranks = trainer, optim, engine, ranks
+        self.loss_fn = loss_fn  # unpipelined layouts; a pipeline's last stage has its own
         self.train_batches, self.val_batches, self.meter = train, val, meter
         self.sinks, self.checkpointer, self.state = sinks, checkpointer, state
         self.clipper = clipper  # bigtrain's own clipping on the plain path, else DeepSpeed's
@@ -36,10 +53,10 @@ class Trainer:
         self.interrupted = False
 
     def fit(self) -> None:
-        t = self.cfg.trainer
+        t = self.t
         while self.state.step < t.max_steps:
             step = self.state.step
-            lr = lr_at(step, self.cfg.optim, t.max_steps)
+            lr = lr_at(step, self.optim, t.max_steps)
             start = time.perf_counter()
             loss = self.train_step(step)
             seconds = time.perf_counter() - start
@@ -49,16 +66,22 @@ class Trainer:
             log_now = done % t.log_interval == 0 or done == t.max_steps
             eval_now = done % t.eval_interval == 0 or done == t.max_steps
             if log_now or eval_now:
-                record = {"step": done, "loss": loss, "lr": lr, "grad_norm": self.grad_norm(),
-                          "consumed_samples": self.state.consumed_samples, **self.meter.measure(seconds)}
-                if self.cfg.precision.dtype == "fp16":
+                record = {
+                    "step": done,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": self.grad_norm(),
+                    "consumed_samples": self.state.consumed_samples,
+                    **self.meter.measure(seconds),
+                }
+                if self.engine.fp16_enabled():
                     record["loss_scale"] = loss_scale(self.engine.optimizer)
                 if eval_now:
                     self.last_val = self.evaluate()
                     record.update(val_loss=self.last_val, val_ppl=math.exp(min(self.last_val, 50.0)))
                 if self.sinks:
                     self.sinks.log(record)
-            signal_for_tests(done)
+            fault_point("after_step", done)
             stop = self.checkpointer.should_stop()
             if self.checkpointer.due(done) or stop:
                 self.checkpointer.save(self.engine, self.state)
@@ -82,7 +105,7 @@ class Trainer:
     def forward_loss(self, batch: Batch) -> torch.Tensor:
         device = self.engine.device
         logits = self.engine(batch.tokens.to(device))
-        return lm_loss(logits, batch.labels.to(device), batch.loss_mask.to(device))
+        return self.loss_fn(logits, batch.labels.to(device), batch.loss_mask.to(device))
 
     @torch.no_grad()
     def evaluate(self, batches: int | None = None) -> float:
@@ -90,7 +113,7 @@ class Trainer:
         over `batches` global batches (`full_split_batches()` covers the whole split once)."""
         self.engine.eval()
         losses = []
-        for i in range(batches or self.cfg.trainer.eval_iters):
+        for i in range(batches or self.t.eval_iters):
             if self.pipelined:
                 micro = iter(self.val_batches.step_batches(i))
                 losses.append(self.engine.eval_batch(data_iter=_pipe_inputs(micro)).float())
@@ -101,7 +124,7 @@ class Trainer:
 
     def full_split_batches(self) -> int:
         """Whole global batches in one pass over the validation split (a remainder is dropped)."""
-        return max(1, len(self.val_batches.dataset) // self.cfg.trainer.global_batch_size)
+        return max(1, len(self.val_batches.dataset) // self.t.global_batch_size)
 
     def data_parallel_mean(self, value: torch.Tensor) -> float:
         # Nothing to average over one rank; DeepSpeed's pipeline already averaged and broadcast.
@@ -123,13 +146,6 @@ def loss_scale(optimizer) -> float:
     if config is not None:
         return float(config.cur_scale)
     return float(getattr(optimizer, "cur_scale", getattr(optimizer, "loss_scale", float("nan"))))
-
-
-def signal_for_tests(step: int) -> None:
-    """BIGTRAIN_SIGNAL_AT_STEP=N: rank 0 sends itself SIGTERM after step N, exercising the real
-    preemption path at a deterministic point (tests of exact resume use it)."""
-    if os.environ.get("BIGTRAIN_SIGNAL_AT_STEP") == str(step) and torch.distributed.get_rank() == 0:
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _pipe_inputs(batches):

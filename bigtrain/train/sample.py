@@ -5,6 +5,7 @@ without extra communication. Where the logits come from depends on the layout: `
 an unpipelined model (any tensor-parallel size, sequence parallel included),
 `bigtrain.parallel.pipeline.pipeline_logits` across pipeline stages.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +13,8 @@ from typing import Callable
 
 import torch
 
-from bigtrain.parallel.layers import gather_vocab, pad_positions
+from bigtrain.model.gpt import GPT
+from bigtrain.model.layers import pad_positions
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -28,16 +30,21 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def last_logits(model, sequence_shards: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+def last_logits(model: GPT, sequence_shards: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Next-token logits from an unpipelined model: ids (1, t) -> (1, V), the whole vocabulary.
 
     Sequence parallel splits the positions over tensor-parallel ranks, so the context is padded
-    on the right to a multiple of the TP size; causal attention keeps position t-1 unchanged.
+    on the right to a multiple of the TP size (`sequence_shards`, the model's own by default);
+    causal attention keeps position t-1 unchanged.
     """
+    tp = model.tp
+    shards = tp.sequence_shards if sequence_shards is None else sequence_shards
+
     def next_logits(ids: torch.Tensor) -> torch.Tensor:
         t = ids.shape[1]
-        padded = pad_positions(ids, sequence_shards)  # (1, t')
-        return gather_vocab(model(padded)[t - 1].float())  # (1, V) at the last real position
+        padded = pad_positions(ids, shards)  # (1, t')
+        return tp.gather_vocab(model(padded)[t - 1].float())  # (1, V) at the last real position
+
     return next_logits
 
 
@@ -53,9 +60,17 @@ def evaluating(module: torch.nn.Module):
 
 
 @torch.no_grad()
-def generate(next_logits: Callable[[torch.Tensor], torch.Tensor], prompt: list[int], max_new_tokens: int,
-             seq_len: int, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-             device: torch.device | str = "cpu") -> list[int]:
+def generate(
+    next_logits: Callable[[torch.Tensor], torch.Tensor],
+    prompt: list[int],
+    max_new_tokens: int,
+    seq_len: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> list[int]:
     """Sample continuation token ids for one prompt; temperature 0 means greedy.
 
     `next_logits` maps the context (1, t) to the next token's logits (1, V), the same on every
@@ -72,4 +87,4 @@ def generate(next_logits: Callable[[torch.Tensor], torch.Tensor], prompt: list[i
             probs = torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
             nxt = torch.multinomial(probs.cpu(), 1, generator=gen).to(device)  # (1, 1)
         ids = torch.cat([ids, nxt], dim=1)
-    return ids[0, len(prompt):].tolist()
+    return ids[0, len(prompt) :].tolist()

@@ -4,6 +4,7 @@ The settings are the presets' defaults (gradient clipping at 1.0, the default op
 schedule, evaluation, the end-of-run sample), on a small model and 20 steps; only the global
 batch of 8 is fixed so that every layout accumulates gradients (2-4 micro-batches per step).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,25 @@ from tests.helpers.launch import ROOT, launch, read_metrics
 
 STEPS = 20
 GPT = ["model=tiny", "model.n_layers=4", "model.d_model=64", "model.n_heads=4", "model.seq_len=32"]
-LLAMA = ["model=tiny_llama", "model.n_layers=4", "model.d_model=64", "model.n_heads=4", "model.n_kv_heads=2",
-         "model.seq_len=32"]
+LLAMA = [
+    "model=tiny_llama",
+    "model.n_layers=4",
+    "model.d_model=64",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.seq_len=32",
+]
 GPT_UNTIED = [*GPT, "model.tie_embeddings=false"]
-COMMON = ["data=shakespeare_char", f"trainer.max_steps={STEPS}", "trainer.global_batch_size=8",
-          "trainer.eval_interval=5", "trainer.eval_iters=2", "precision=fp32",
-          "logging.progress_bar=false", "logging.tensorboard=false"]
+COMMON = [
+    "data=shakespeare_char",
+    f"trainer.max_steps={STEPS}",
+    "trainer.global_batch_size=8",
+    "trainer.eval_interval=5",
+    "trainer.eval_iters=2",
+    "precision=fp32",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+]
 # name: (ranks, overrides); the global batch of 8 is the same in every layout.
 LAYOUTS = {
     "single": (1, ["parallel=single", "trainer.micro_batch_size=4"]),
@@ -35,30 +49,47 @@ LAYOUTS = {
     "tp2_pp2": (4, ["parallel=tp2_pp2", "trainer.micro_batch_size=2"]),
     "tp2_dp2_zero1": (4, ["parallel=tp2", "parallel.zero_stage=1", "trainer.micro_batch_size=2"]),
     # Activation checkpointing recomputes the same forward, so it keeps parity too.
-    "tp2_sp_checkpointed": (2, ["parallel=tp2_sp", "trainer.micro_batch_size=4",
-                                "trainer.activation_checkpointing=full"]),
+    "tp2_sp_checkpointed": (
+        2,
+        ["parallel=tp2_sp", "trainer.micro_batch_size=4", "trainer.activation_checkpointing=full"],
+    ),
     "pp2_checkpointed": (2, ["parallel=pp2", "trainer.micro_batch_size=2", "trainer.activation_checkpointing=full"]),
 }
 # Worst figures per layout and precision, printed at the end of the session (tests/conftest.py).
 REPORT: dict[str, dict[str, float]] = {}
 
 
-def run_layout_raw(corpus: Path, out: Path, ranks: int, overrides: list[str], timeout: int = 600,
-                   env: dict | None = None):
+def run_layout_raw(
+    corpus: Path, out: Path, ranks: int, overrides: list[str], timeout: int = 600, env: dict | None = None
+):
     """Launch `ranks` processes through the deepspeed launcher in run directory out/run."""
-    args = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()),
-            "launch/pretrain.py", f"data.path={corpus}", f"hydra.run.dir={out / 'run'}", *COMMON, *overrides]
+    args = [
+        shutil.which("deepspeed"),
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+        "launch/pretrain.py",
+        f"data.path={corpus}",
+        f"hydra.run.dir={out / 'run'}",
+        *COMMON,
+        *overrides,
+    ]
     return launch(args, ROOT, timeout=timeout, env=env)
 
 
-def run_layout(corpus: Path, out: Path, ranks: int, overrides: list[str], timeout: int = 600) -> tuple[list[dict], dict]:
+def run_layout(
+    corpus: Path, out: Path, ranks: int, overrides: list[str], timeout: int = 600
+) -> tuple[list[dict], dict]:
     """Train STEPS steps with `ranks` processes; return metrics.jsonl rows and summary.json."""
     run_dir = out / "run"
     proc = run_layout_raw(corpus, out, ranks, overrides, timeout)
     rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
     if proc.returncode != 0 or len(rows) != STEPS:
-        raise AssertionError(f"{overrides} with {ranks} ranks wrote {len(rows)} of {STEPS} steps "
-                             f"(exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{overrides} with {ranks} ranks wrote {len(rows)} of {STEPS} steps "
+            f"(exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return rows, json.loads((run_dir / "summary.json").read_text())
 
 

@@ -7,12 +7,21 @@ path samples the same text from each layout's checkpoint.
 bf16: each layout against the one-process bf16 run, within BF16_TOLERANCE (measured figures in
 the README). Each layout runs through the real `deepspeed` launcher as multi-process gloo on CPU.
 """
+
 import pytest
 from omegaconf import OmegaConf
 
 from bigtrain.tools import generate_text
-from tests.distributed.parity import GPT, GPT_UNTIED, LAYOUTS, LLAMA, REPORT, STEPS, run_layout, \
-    worst_relative_difference
+from tests.distributed.parity import (
+    GPT,
+    GPT_UNTIED,
+    LAYOUTS,
+    LLAMA,
+    REPORT,
+    STEPS,
+    run_layout,
+    worst_relative_difference,
+)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
 
@@ -21,16 +30,26 @@ TOLERANCE = {"loss": 1e-4, "val_loss": 1e-4, "grad_norm": 1e-3}
 # differences are rounding noise that training carries forward (measured worst: README).
 BF16_TOLERANCE = {"loss": 1e-3, "val_loss": 1e-3, "grad_norm": 1e-2}
 FAMILIES = {"gpt": GPT, "llama": LLAMA, "gpt_untied": GPT_UNTIED}
-CASES = [("zero1_dp2", "gpt"), ("zero2_dp2", "gpt"), ("zero3_dp2", "gpt"), ("tp2", "llama"), ("tp2_sp", "gpt"),
-         ("pp2", "gpt"), ("pp2", "gpt_untied"), ("pp2_zero0", "gpt"), ("tp2_pp2", "llama"),
-         ("tp2_dp2_zero1", "gpt"), ("tp2_sp_checkpointed", "llama"), ("pp2_checkpointed", "gpt")]
+CASES = [
+    ("zero1_dp2", "gpt"),
+    ("zero2_dp2", "gpt"),
+    ("zero3_dp2", "gpt"),
+    ("tp2", "llama"),
+    ("tp2_sp", "gpt"),
+    ("pp2", "gpt"),
+    ("pp2", "gpt_untied"),
+    ("pp2_zero0", "gpt"),
+    ("tp2_pp2", "llama"),
+    ("tp2_dp2_zero1", "gpt"),
+    ("tp2_sp_checkpointed", "llama"),
+    ("pp2_checkpointed", "gpt"),
+]
 _references: dict = {}
 
 
 def params(cases):
     """Each case as a pytest parameter, marked four_ranks where its layout needs 4 processes."""
-    return [pytest.param(*case, marks=[pytest.mark.four_ranks] if LAYOUTS[case[0]][0] >= 4 else [])
-            for case in cases]
+    return [pytest.param(*case, marks=[pytest.mark.four_ranks] if LAYOUTS[case[0]][0] >= 4 else []) for case in cases]
 
 
 def train(layout, family, precision, tmp_path_factory, corpus):
@@ -69,8 +88,10 @@ def test_layout_matches_single_process(layout, family, precision, corpus, cache_
     bounds = TOLERANCE if precision == "fp32" else BF16_TOLERANCE
     worst = {key: worst_relative_difference(rows, ref_rows, key) for key in bounds}
     REPORT[f"{layout} ({family})"] = {**REPORT.get(f"{layout} ({family})", {}), precision: worst["loss"]}
-    print(f"\n{layout} ({family}, {precision}): worst relative difference vs one process over {STEPS} steps: "
-          + ", ".join(f"{k} {v:.1e}" for k, v in worst.items()))
+    print(
+        f"\n{layout} ({family}, {precision}): worst relative difference vs one process over {STEPS} steps: "
+        + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
+    )
     for key, bound in bounds.items():
         assert worst[key] < bound, (key, [(r["step"], r.get(key), q.get(key)) for r, q in zip(rows, ref_rows)])
     if precision == "fp32":

@@ -5,18 +5,27 @@ Tolerances (per-step relative loss difference over 20 steps of the parity model)
   fp16  1e-3  (measured 3e-5: fp16 activations, fp32 master weights, loss scale 2^16)
 Both run on DeepSpeed's ZeRO-1 optimizers (see bigtrain/config/deepspeed.py).
 """
+
 import pytest
 
-from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
 from tests.distributed.parity import COMMON, GPT, LAYOUTS, STEPS, worst_relative_difference
+from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
 
 pytestmark = pytest.mark.e2e
 TOLERANCE = {"bf16": 2e-3, "fp16": 1e-3}
 
 
 def run_single(corpus, run_dir, precision_overrides, entry="launch/pretrain.py"):
-    args = [PYTHON, entry, f"data.path={corpus}", f"hydra.run.dir={run_dir}", *COMMON, *GPT,
-            *LAYOUTS["single"][1], *precision_overrides]
+    args = [
+        PYTHON,
+        entry,
+        f"data.path={corpus}",
+        f"hydra.run.dir={run_dir}",
+        *COMMON,
+        *GPT,
+        *LAYOUTS["single"][1],
+        *precision_overrides,
+    ]
     proc = launch(args, ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = read_metrics(run_dir)
@@ -38,8 +47,9 @@ def test_bf16_close_to_fp32(fp32, corpus, tmp_path):
 
 
 def test_fp16_dynamic_loss_scaling(fp32, corpus, tmp_path):
-    rows = run_single(corpus, tmp_path, ["precision=fp16", "precision.initial_scale_power=16"],
-                      entry="tests/helpers/fp16_on_cpu.py")
+    rows = run_single(
+        corpus, tmp_path, ["precision=fp16", "precision.initial_scale_power=16"], entry="tests/helpers/fp16_on_cpu.py"
+    )
     worst = worst_relative_difference(rows, fp32)
     print(f"\nfp16 vs fp32: worst relative loss difference {worst:.2e}")
     assert worst < TOLERANCE["fp16"]
@@ -51,8 +61,12 @@ def test_fp16_dynamic_loss_scaling(fp32, corpus, tmp_path):
 def test_fp16_scale_shrinks_on_overflow_without_hysteresis(corpus, tmp_path):
     # A huge initial scale overflows at once; with hysteresis 1 every overflow halves it and the
     # step is skipped, until the scale is small enough to train.
-    rows = run_single(corpus, tmp_path, ["precision=fp16", "precision.initial_scale_power=24",
-                                         "precision.hysteresis=1"], entry="tests/helpers/fp16_on_cpu.py")
+    rows = run_single(
+        corpus,
+        tmp_path,
+        ["precision=fp16", "precision.initial_scale_power=24", "precision.hysteresis=1"],
+        entry="tests/helpers/fp16_on_cpu.py",
+    )
     scales = [r["loss_scale"] for r in rows]
     assert scales[:3] == [2.0**23, 2.0**22, 2.0**21], scales
     assert all(b in (a, a / 2) for a, b in zip(scales, scales[1:])), scales

@@ -5,12 +5,13 @@ Saved at tp2 × pp2 (4 ranks), resumed at single and at zero3 dp2; saved at sing
 tp2 × pp2. The consolidated checkpoint carries weights and Adam moments, so the optimizer
 continues too, not only the model.
 """
+
 import shutil
 
 import pytest
 
-from tests.helpers.launch import read_metrics
 from tests.distributed.parity import LAYOUTS, LLAMA, run_layout_raw
+from tests.helpers.launch import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.e2e, pytest.mark.four_ranks]  # every case has a tp2×pp2 side
 
@@ -26,15 +27,15 @@ def original(name, corpus, tmp_path_factory):
         base = tmp_path_factory.mktemp(f"orig-{name}")
         whole = run_layout_raw(corpus, base / "whole", ranks, [*LLAMA, *overrides, *STEPS])
         assert whole.returncode == 0, whole.stderr[-3000:]
-        stopped = run_layout_raw(corpus, base / "stopped", ranks, [*LLAMA, *overrides, *STEPS],
-                                 env={"BIGTRAIN_SIGNAL_AT_STEP": "6"})
+        stopped = run_layout_raw(
+            corpus, base / "stopped", ranks, [*LLAMA, *overrides, *STEPS], env={"BIGTRAIN_FAULT": "after_step:6"}
+        )
         assert stopped.returncode == 75, stopped.stderr[-3000:]
         _originals[name] = (read_metrics(base / "whole" / "run"), base / "stopped" / "run")
     return _originals[name]
 
 
-@pytest.mark.parametrize("source,target", [("tp2_pp2", "single"), ("tp2_pp2", "zero3_dp2"),
-                                           ("single", "tp2_pp2")])
+@pytest.mark.parametrize("source,target", [("tp2_pp2", "single"), ("tp2_pp2", "zero3_dp2"), ("single", "tp2_pp2")])
 def test_resume_under_another_layout(source, target, corpus, cache_dir, tmp_path_factory, tmp_path):
     reference, stopped_run = original(source, corpus, tmp_path_factory)
     shutil.copytree(stopped_run, tmp_path / "run")  # the same run directory, relaunched elsewhere

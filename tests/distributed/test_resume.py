@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from bigtrain.train.consolidated import read_tensors
-from tests.helpers.launch import read_metrics
 from tests.distributed.parity import GPT, LAYOUTS, LLAMA, run_layout_raw
+from tests.helpers.launch import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
 
@@ -21,7 +21,7 @@ def test_stop_and_resume_is_bitwise_exact(name, corpus, cache_dir, tmp_path):
     args = [*family, *overrides, *RESUME]
     whole = run_layout_raw(corpus, tmp_path / "whole", ranks, args)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    stopped = run_layout_raw(corpus, tmp_path / "split", ranks, args, env={"BIGTRAIN_SIGNAL_AT_STEP": "6"})
+    stopped = run_layout_raw(corpus, tmp_path / "split", ranks, args, env={"BIGTRAIN_FAULT": "after_step:6"})
     assert stopped.returncode == 75, stopped.stderr[-3000:]
     assert "stopped by a signal after step 6" in stopped.stdout
     assert [r["step"] for r in read_metrics(tmp_path / "split" / "run")] == list(range(1, 7))

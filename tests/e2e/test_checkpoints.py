@@ -1,20 +1,34 @@
 """Checkpoint safety, Hugging Face export/import and generation, through the real entry points."""
+
 import json
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
+from bigtrain.config import ModelConfig
+from bigtrain.model.hf import from_hf, load_hf_folder, to_hf
+from bigtrain.tools import load_checkpoint_model
+from bigtrain.train.checkpoint import read_meta, resolve
 from tests.distributed.parity import COMMON, GPT, LLAMA, run_layout_raw
+from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
 
 pytestmark = pytest.mark.e2e
 
 
 def single(corpus, run_dir, extra=(), env=None):
-    args = [PYTHON, "launch/pretrain.py", f"data.path={corpus}", f"hydra.run.dir={run_dir}", *COMMON,
-            "parallel=single", "trainer.micro_batch_size=4", *extra]
+    args = [
+        PYTHON,
+        "launch/pretrain.py",
+        f"data.path={corpus}",
+        f"hydra.run.dir={run_dir}",
+        *COMMON,
+        "parallel=single",
+        "trainer.micro_batch_size=4",
+        *extra,
+    ]
     return launch(args, ROOT, env=env)
 
 
@@ -29,10 +43,23 @@ def gpt_run(corpus, cache_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def llama_tp2_run(corpus, cache_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("llama")
-    proc = run_layout_raw(corpus, base, 2, [*LLAMA, "parallel=tp2", "trainer.micro_batch_size=4",
-                                            "trainer.max_steps=8", "model.bias=true"])
+    proc = run_layout_raw(
+        corpus,
+        base,
+        2,
+        [*LLAMA, "parallel=tp2", "trainer.micro_batch_size=4", "trainer.max_steps=8", "model.bias=true"],
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return base / "run"
+
+
+@pytest.fixture(scope="module")
+def shakespeare_run(corpus, cache_dir, tmp_path_factory):
+    """The flagship preset (rotary + LayerNorm + GELU, no biases, tied head): GPT-NeoX's family."""
+    run_dir = tmp_path_factory.mktemp("shakespeare") / "run"
+    proc = single(corpus, run_dir, ["experiment=shakespeare_char_cpu", "trainer.max_steps=8"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
 
 
 def export(run_dir, out):
@@ -41,11 +68,11 @@ def export(run_dir, out):
     return proc.stdout
 
 
-@pytest.mark.parametrize("which,arch", [("gpt_run", "GPT2LMHeadModel"), ("llama_tp2_run", "LlamaForCausalLM")])
-def test_export_matches_transformers(which, arch, request, tmp_path, world1):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from bigtrain.tools import load_checkpoint_model
+@pytest.mark.parametrize(
+    "which,arch",
+    [("gpt_run", "GPT2LMHeadModel"), ("llama_tp2_run", "LlamaForCausalLM"), ("shakespeare_run", "GPTNeoXForCausalLM")],
+)
+def test_export_matches_transformers(which, arch, request, tmp_path):
 
     run_dir = request.getfixturevalue(which)
     assert f"wrote {arch}" in export(run_dir, tmp_path / "hf")
@@ -67,11 +94,8 @@ def test_export_matches_transformers(which, arch, request, tmp_path, world1):
     assert hf_tok.decode(tokenizer.encode(text)) == text
 
 
-@pytest.mark.parametrize("which", ["gpt_run", "llama_tp2_run"])
+@pytest.mark.parametrize("which", ["gpt_run", "llama_tp2_run", "shakespeare_run"])
 def test_import_round_trip_is_identical(which, request, tmp_path, corpus):
-    from bigtrain.config import ModelConfig
-    from bigtrain.model.hf import from_hf, load_hf_folder, to_hf
-    from bigtrain.train.checkpoint import read_meta, resolve
 
     run_dir = request.getfixturevalue(which)
     export(run_dir, tmp_path / "hf")
@@ -99,13 +123,32 @@ def test_init_from_starts_continued_pretraining(gpt_run, corpus, tmp_path):
     assert "model.init_from does not match the requested model (n_layer: folder 4, model 2)" in mismatch.stderr
 
 
+def test_flagship_preset_reimports_its_neox_export(shakespeare_run, corpus, tmp_path):
+    """experiment=shakespeare_char_cpu → GPTNeoXForCausalLM folder → model.init_from of the same preset."""
+    export(shakespeare_run, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert (config["model_type"], config["use_parallel_residual"], config["tie_word_embeddings"]) == (
+        "gpt_neox",
+        False,
+        True,
+    )
+    preset = ["experiment=shakespeare_char_cpu", "trainer.max_steps=2"]
+    proc = single(corpus, tmp_path / "run", [*preset, f"model.init_from={tmp_path / 'hf'}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "initialized weights from Hugging Face folder" in proc.stdout
+    source = read_metrics(shakespeare_run)
+    assert read_metrics(tmp_path / "run")[0]["loss"] < source[0]["loss"] - 0.3
+
+
 def test_generate_from_tensor_parallel_checkpoint(llama_tp2_run):
     args = [PYTHON, "launch/generate.py", str(llama_tp2_run), "--prompt", "ROMEO:", "--max-tokens", "30"]
     greedy = [launch([*args, "--temperature", "0"], ROOT, timeout=300) for _ in range(2)]
     assert all(p.returncode == 0 for p in greedy), greedy[0].stderr[-2000:]
     assert greedy[0].stdout == greedy[1].stdout and greedy[0].stdout.startswith("ROMEO:")
     assert len(greedy[0].stdout) > len("ROMEO:\n")
-    sampled = launch([*args, "--temperature", "1.0", "--top-k", "5", "--top-p", "0.9", "--seed", "3"], ROOT, timeout=300)
+    sampled = launch(
+        [*args, "--temperature", "1.0", "--top-k", "5", "--top-p", "0.9", "--seed", "3"], ROOT, timeout=300
+    )
     assert sampled.returncode == 0 and sampled.stdout.startswith("ROMEO:")
     assert len(sampled.stdout.strip()) > len("ROMEO:") + 10 and sampled.stdout != greedy[0].stdout
 
@@ -113,7 +156,7 @@ def test_generate_from_tensor_parallel_checkpoint(llama_tp2_run):
 def test_crash_during_checkpoint_write_resumes_from_previous(corpus, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
     extra = [*GPT, "trainer.max_steps=12", "trainer.save_interval=4", "trainer.keep_last=2"]
-    crashed = single(corpus, run_dir, extra, env={"BIGTRAIN_FAULT": "save:8"})
+    crashed = single(corpus, run_dir, extra, env={"BIGTRAIN_FAULT": "before_publish:8"})
     assert crashed.returncode != 0
     ckpts = run_dir / "checkpoints"
     assert (ckpts / "step_00000008.partial").is_dir()  # written, never published
@@ -134,13 +177,14 @@ def test_model_mismatch_is_a_clear_error(gpt_run, corpus, tmp_path):
     shutil.copytree(gpt_run, tmp_path / "run")
     proc = single(corpus, tmp_path / "run", [*GPT, "model.n_layers=2", "model.d_model=32"])
     assert proc.returncode == 2
-    assert "holds a different model (model.n_layers: checkpoint 4, requested 2; model.d_model: checkpoint 64, " \
-           "requested 32)" in proc.stderr
+    assert (
+        "holds a different model (model.n_layers: checkpoint 4, requested 2; model.d_model: checkpoint 64, "
+        "requested 32)" in proc.stderr
+    )
     assert "Traceback" not in proc.stderr
 
 
 def test_checkpoint_files_load_without_pickle(gpt_run):
-    from bigtrain.train.checkpoint import resolve
 
     ckpt = resolve(gpt_run)
     assert torch.load(ckpt / "rng" / "rank0.pt", weights_only=True)

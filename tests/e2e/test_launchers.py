@@ -1,4 +1,5 @@
 """The real launchers on CPU: deepspeed (the main path), torchrun and plain python."""
+
 import json
 import math
 import shutil
@@ -13,10 +14,23 @@ REQUIRED = {"step", "loss", "lr", "grad_norm", "tokens_per_sec", "tflops", "mfu"
 
 
 def tiny_args(corpus, run_dir, steps, extra=()):
-    return ["model=tiny", "data=shakespeare_char", f"data.path={corpus}", f"hydra.run.dir={run_dir}",
-            f"trainer.max_steps={steps}", "trainer.micro_batch_size=8", "trainer.global_batch_size=16",
-            "trainer.eval_interval=25", "trainer.eval_iters=4", "model.seq_len=64", "optim.lr=2e-3",
-            "optim.warmup_steps=5", "trainer.sample_tokens=40", "logging.progress_bar=false", *extra]
+    return [
+        "model=tiny",
+        "data=shakespeare_char",
+        f"data.path={corpus}",
+        f"hydra.run.dir={run_dir}",
+        f"trainer.max_steps={steps}",
+        "trainer.micro_batch_size=8",
+        "trainer.global_batch_size=16",
+        "trainer.eval_interval=25",
+        "trainer.eval_iters=4",
+        "model.seq_len=64",
+        "optim.lr=2e-3",
+        "optim.warmup_steps=5",
+        "trainer.sample_tokens=40",
+        "logging.progress_bar=false",
+        *extra,
+    ]
 
 
 def test_deepspeed_launcher_trains_tiny_model(corpus, cache_dir, tmp_path):
@@ -66,8 +80,11 @@ def test_config_error_is_one_line_before_any_process_group(tmp_path):
 
 
 def test_missing_corpus_is_a_clear_error(tmp_path):
-    proc = launch([PYTHON, "launch/pretrain.py", f"hydra.run.dir={tmp_path}", "data=text",
-                   f"data.path={tmp_path}/nope.txt"], ROOT, timeout=180)
+    proc = launch(
+        [PYTHON, "launch/pretrain.py", f"hydra.run.dir={tmp_path}", "data=text", f"data.path={tmp_path}/nope.txt"],
+        ROOT,
+        timeout=180,
+    )
     assert proc.returncode == 2
     assert "does not exist or is not a file: pass an existing text file" in proc.stderr
 
@@ -75,8 +92,7 @@ def test_missing_corpus_is_a_clear_error(tmp_path):
 def test_wandb_offline_and_tensorboard(corpus, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
     env = {"WANDB_API_KEY": "", "WANDB_SILENT": "true"}
-    proc = launch([PYTHON, "launch/pretrain.py", *tiny_args(corpus, run_dir, 3, ["logging.wandb=true"])], ROOT,
-                  env=env)
+    proc = launch([PYTHON, "launch/pretrain.py", *tiny_args(corpus, run_dir, 3, ["logging.wandb=true"])], ROOT, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert offline and offline[0].stat().st_size > 0

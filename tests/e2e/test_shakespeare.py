@@ -4,6 +4,7 @@ The whole 2000-iteration recipe through the deepspeed launcher (about 90 s on tw
 tinyshakespeare from ../shared/data; skipped without it. benchmarks/shakespeare_char.py records
 the same run over several seeds, next to an independent plain-PyTorch implementation.
 """
+
 import json
 import shutil
 
@@ -19,10 +20,23 @@ NANOGPT_VAL_LOSS = 1.88
 @pytest.mark.skipif(not SHAKESPEARE.is_file(), reason="needs ../shared/data/tinyshakespeare.txt")
 def test_shakespeare_char_recipe_reaches_nanogpt_validation_loss(cache_dir, tmp_path):
     run_dir = tmp_path / "run"
-    proc = launch([shutil.which("deepspeed"), "--num_gpus", "1", "launch/pretrain.py", "experiment=shakespeare_char_cpu",
-                   f"data.path={SHAKESPEARE}", f"hydra.run.dir={run_dir}", "logging.progress_bar=false",
-                   "trainer.eval_full_split_at_end=true", "trainer.sample_tokens=200"],
-                  ROOT, timeout=900, env={"OMP_NUM_THREADS": "2"})
+    proc = launch(
+        [
+            shutil.which("deepspeed"),
+            "--num_gpus",
+            "1",
+            "launch/pretrain.py",
+            "experiment=shakespeare_char_cpu",
+            f"data.path={SHAKESPEARE}",
+            f"hydra.run.dir={run_dir}",
+            "logging.progress_bar=false",
+            "trainer.eval_full_split_at_end=true",
+            "trainer.sample_tokens=200",
+        ],
+        ROOT,
+        timeout=900,
+        env={"OMP_NUM_THREADS": "2"},
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = read_metrics(run_dir)
     evals = {r["step"]: r["val_loss"] for r in rows if "val_loss" in r}

@@ -3,6 +3,7 @@
 DeepSpeed refuses fp16 on its CPU accelerator; the loss-scaling logic under test is the same on
 GPUs, so tests flip that one capability flag and run the real entry point.
 """
+
 import runpy
 import sys
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Running bigtrain's entry points in subprocesses and reading what they wrote."""
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,7 @@ PYTHON = sys.executable
 
 def launch(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a launcher command from the repository root; fail with its output on timeout."""
-    # The world1 fixture put this process's own rendezvous variables in os.environ: drop them.
-    inherited = {k: v for k, v in os.environ.items()
-                 if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
-    full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     try:
         return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:

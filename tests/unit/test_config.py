@@ -1,4 +1,5 @@
 """The schema: every preset composes, and bad configs fail with one clear line."""
+
 import dataclasses
 from pathlib import Path
 
@@ -62,8 +63,9 @@ def test_every_preset_composes_to_its_own_values(group, name):
 def test_composing_no_overrides_gives_the_schema_defaults():
     """One source of defaults: the default presets say what the schema's dataclasses say."""
     composed, documented = dataclasses.asdict(compose([])), dataclasses.asdict(Config())
-    differ = {f"{g}.{k}": (v, documented[g][k]) for g in composed for k, v in composed[g].items()
-              if v != documented[g][k]}
+    differ = {
+        f"{g}.{k}": (v, documented[g][k]) for g in composed for k, v in composed[g].items() if v != documented[g][k]
+    }
     assert not differ, f"(composed, schema) disagree: {differ}"
 
 
@@ -80,21 +82,31 @@ def test_shakespeare_recipe_matches_nanogpt():
     assert (m.n_layers, m.n_heads, m.d_model, m.seq_len, m.dropout) == (4, 4, 128, 64, 0.0)
     assert (m.position, m.norm, m.activation, m.bias, m.tie_embeddings) == ("rope", "layernorm", "gelu", False, True)
     assert (t.global_batch_size, t.max_steps) == (12, 2000)
-    assert (o.lr, o.min_lr, o.warmup_steps, o.decay_steps, o.beta2, o.weight_decay, o.grad_clip) == \
-        (1e-3, 1e-4, 100, 2000, 0.99, 0.1, 1.0)
+    assert (o.lr, o.min_lr, o.warmup_steps, o.decay_steps, o.beta2, o.weight_decay, o.grad_clip) == (
+        1e-3,
+        1e-4,
+        100,
+        2000,
+        0.99,
+        0.1,
+        1.0,
+    )
     assert cfg.data.tokenizer == "char"
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["+model.n_layer=3"], "unknown config key 'model.n_layer' (value 3): did you mean 'model.n_layers'?"),
-    (["model.position=alibi"], "model.position='alibi' is not allowed: use one of learned|sinusoidal|rope"),
-    (["model.n_layers=abc"], "model.n_layers='abc' must be an integer"),
-    (["parallel.zero_stage=4"], "parallel.zero_stage=4 is not allowed"),
-    (["precision.dtype=fp8"], "precision.dtype='fp8' is not allowed: use one of fp32|bf16|fp16"),
-    (["trainer.max_steps=0"], "trainer.max_steps=0 must be positive"),
-    (["data=text"], "data.source=text needs data.path"),
-    (["trainer.global_batch_size=12"], "trainer.global_batch_size=12 is not divisible by micro_batch_size"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["+model.n_layer=3"], "unknown config key 'model.n_layer' (value 3): did you mean 'model.n_layers'?"),
+        (["model.position=alibi"], "model.position='alibi' is not allowed: use one of learned|sinusoidal|rope"),
+        (["model.n_layers=abc"], "model.n_layers='abc' must be an integer"),
+        (["parallel.zero_stage=4"], "parallel.zero_stage=4 is not allowed"),
+        (["precision.dtype=fp8"], "precision.dtype='fp8' is not allowed: use one of fp32|bf16|fp16"),
+        (["trainer.max_steps=0"], "trainer.max_steps=0 must be positive"),
+        (["data=text"], "data.source=text needs data.path"),
+        (["trainer.global_batch_size=12"], "trainer.global_batch_size=12 is not divisible by micro_batch_size"),
+    ],
+)
 def test_bad_configs_name_key_value_and_fix(overrides, message):
     with pytest.raises(ConfigError) as err:
         validate(compose(overrides), world_size=1)
@@ -102,27 +114,48 @@ def test_bad_configs_name_key_value_and_fix(overrides, message):
     assert "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("kwargs,world,message", [
-    (dict(model=ModelConfig(n_heads=6, d_model=384), parallel=ParallelConfig(tensor_parallel=4)), 4,
-     "model.n_heads=6 is not divisible by parallel.tensor_parallel=4"),
-    (dict(model=ModelConfig(n_kv_heads=2), parallel=ParallelConfig(tensor_parallel=4)), 4,
-     "model.n_kv_heads=2 is not divisible by parallel.tensor_parallel=4"),
-    (dict(model=ModelConfig(n_layers=2), parallel=ParallelConfig(pipeline_parallel=4)), 4,
-     "model.n_layers=2 is less than parallel.pipeline_parallel=4"),
-    (dict(parallel=ParallelConfig(zero_stage=2, pipeline_parallel=2)), 2,
-     "parallel.zero_stage=2 cannot combine with pipeline_parallel=2"),
-    (dict(parallel=ParallelConfig(tensor_parallel=2)), 3, "world size 3 is not divisible"),
-    (dict(parallel=ParallelConfig(sequence_parallel=True)), 1, "sequence_parallel=true needs parallel.tensor_parallel > 1"),
-    (dict(trainer=TrainerConfig(global_batch_size=24, micro_batch_size=8)), 2, "use a multiple of 16"),
-])
+@pytest.mark.parametrize(
+    "kwargs,world,message",
+    [
+        (
+            dict(model=ModelConfig(n_heads=6, d_model=384), parallel=ParallelConfig(tensor_parallel=4)),
+            4,
+            "model.n_heads=6 is not divisible by parallel.tensor_parallel=4",
+        ),
+        (
+            dict(model=ModelConfig(n_kv_heads=2), parallel=ParallelConfig(tensor_parallel=4)),
+            4,
+            "model.n_kv_heads=2 is not divisible by parallel.tensor_parallel=4",
+        ),
+        (
+            dict(model=ModelConfig(n_layers=2), parallel=ParallelConfig(pipeline_parallel=4)),
+            4,
+            "model.n_layers=2 is less than parallel.pipeline_parallel=4",
+        ),
+        (
+            dict(parallel=ParallelConfig(zero_stage=2, pipeline_parallel=2)),
+            2,
+            "parallel.zero_stage=2 cannot combine with pipeline_parallel=2",
+        ),
+        (dict(parallel=ParallelConfig(tensor_parallel=2)), 3, "world size 3 is not divisible"),
+        (
+            dict(parallel=ParallelConfig(sequence_parallel=True)),
+            1,
+            "sequence_parallel=true needs parallel.tensor_parallel > 1",
+        ),
+        (dict(trainer=TrainerConfig(global_batch_size=24, micro_batch_size=8)), 2, "use a multiple of 16"),
+    ],
+)
 def test_impossible_layouts(kwargs, world, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate(Config(**kwargs), world_size=world)
 
 
 def test_derived_layout_and_deepspeed_config():
-    cfg = Config(parallel=ParallelConfig(zero_stage=2, tensor_parallel=2),
-                 trainer=TrainerConfig(global_batch_size=32, micro_batch_size=4))
+    cfg = Config(
+        parallel=ParallelConfig(zero_stage=2, tensor_parallel=2),
+        trainer=TrainerConfig(global_batch_size=32, micro_batch_size=4),
+    )
     layout = validate(cfg, world_size=8)
     assert (layout.data, layout.grad_accum) == (4, 2)
     ds = deepspeed_config(cfg, layout)
@@ -134,8 +167,14 @@ def test_derived_layout_and_deepspeed_config():
 def test_fp16_loss_scaling_comes_from_config():
     cfg = compose(["precision=fp16", "precision.initial_scale_power=12", "precision.hysteresis=3"])
     fp16 = deepspeed_config(cfg, validate(cfg, world_size=1))["fp16"]
-    assert fp16 == {"enabled": True, "loss_scale": 0, "initial_scale_power": 12, "loss_scale_window": 1000,
-                    "hysteresis": 3, "min_loss_scale": 1.0}
+    assert fp16 == {
+        "enabled": True,
+        "loss_scale": 0,
+        "initial_scale_power": 12,
+        "loss_scale_window": 1000,
+        "hysteresis": 3,
+        "min_loss_scale": 1.0,
+    }
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

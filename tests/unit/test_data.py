@@ -1,9 +1,11 @@
 """Corpus, tokenizer and the prepared-data cache."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
+from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from bigtrain.config import DataConfig
 from bigtrain.data.corpus import DataError, load_corpus, split_documents
@@ -27,8 +29,15 @@ def test_stdlib_corpus_is_found_without_download():
 
 @pytest.mark.parametrize("kind", ["char", "bpe", "unigram"])
 def test_tokenizers_are_lossless(kind, corpus, cache_dir):
-    cfg = DataConfig(name=f"t-{kind}", source="text", path=str(corpus), tokenizer=kind, vocab_size=600,
-                     max_bytes=300_000, append_eod=False)
+    cfg = DataConfig(
+        name=f"t-{kind}",
+        source="text",
+        path=str(corpus),
+        tokenizer=kind,
+        vocab_size=600,
+        max_bytes=300_000,
+        append_eod=False,
+    )
     prepared = prepare(cfg, log=lambda *a: None)
     tok = prepared.tokenizer
     text = corpus.read_text()[:5000]
@@ -51,10 +60,10 @@ def test_too_small_vocab_is_a_clear_error(corpus, cache_dir):
 
 
 def test_prepared_files_hold_the_tokens(corpus, cache_dir):
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    cfg = DataConfig(name="files", source="text", path=str(corpus), tokenizer="char", max_bytes=100_000,
-                     append_eod=False)
+    cfg = DataConfig(
+        name="files", source="text", path=str(corpus), tokenizer="char", max_bytes=100_000, append_eod=False
+    )
     prepared = prepare(cfg, log=lambda *a: None)
     text = corpus.read_text()[:100_000]
     train = IndexedDataset(prepared.prefix("train"))
@@ -66,11 +75,14 @@ def test_prepared_files_hold_the_tokens(corpus, cache_dir):
 
 def test_cache_key_changes_with_every_input():
     base = DataConfig()
-    keys = {cache_key(base, "corpus-a"), cache_key(base, "corpus-b"),
-            cache_key(DataConfig(tokenizer="unigram"), "corpus-a"),
-            cache_key(DataConfig(vocab_size=1000), "corpus-a"),
-            cache_key(DataConfig(val_fraction=0.2), "corpus-a"),
-            cache_key(DataConfig(append_eod=False), "corpus-a")}
+    keys = {
+        cache_key(base, "corpus-a"),
+        cache_key(base, "corpus-b"),
+        cache_key(DataConfig(tokenizer="unigram"), "corpus-a"),
+        cache_key(DataConfig(vocab_size=1000), "corpus-a"),
+        cache_key(DataConfig(val_fraction=0.2), "corpus-a"),
+        cache_key(DataConfig(append_eod=False), "corpus-a"),
+    }
     assert len(keys) == 6
 
 
@@ -85,7 +97,9 @@ def test_cache_reused_then_rebuilt_when_corrupt(corpus, cache_dir):
     bin_file.write_bytes(bin_file.read_bytes()[:-10])  # a truncated file
     again = prepare(cfg, log=messages.append)
     assert any("corrupt" in m for m in messages)
-    assert (again.root / "train.bin").stat().st_size == json.loads((again.root / "meta.json").read_text())["bytes"]["train"]["bin"]
+    assert (again.root / "train.bin").stat().st_size == json.loads((again.root / "meta.json").read_text())["bytes"][
+        "train"
+    ]["bin"]
 
 
 def test_changed_corpus_builds_new_cache(tmp_path, cache_dir):
@@ -98,11 +112,14 @@ def test_changed_corpus_builds_new_cache(tmp_path, cache_dir):
     assert a.root != b.root and "g" in b.tokenizer.sp.id_to_piece(list(range(b.tokenizer.vocab_size)))
 
 
-@pytest.mark.parametrize("content,message", [
-    (None, "does not exist"),
-    (b"", "is empty"),
-    (b"\xff\xfe\x00bad", "is not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (None, "does not exist"),
+        (b"", "is empty"),
+        (b"\xff\xfe\x00bad", "is not UTF-8"),
+    ],
+)
 def test_bad_text_files_get_clear_errors(tmp_path, content, message):
     path = tmp_path / "corpus.txt"
     if content is not None:
@@ -114,8 +131,7 @@ def test_bad_text_files_get_clear_errors(tmp_path, content, message):
 def test_too_small_split_is_refused_before_gptdataset(tmp_path, cache_dir):
     path = tmp_path / "small.txt"
     path.write_text("tiny corpus " * 20)
-    prepared = prepare(DataConfig(name="small", source="text", path=str(path), tokenizer="char"),
-                       log=lambda *a: None)
+    prepared = prepare(DataConfig(name="small", source="text", path=str(path), tokenizer="char"), log=lambda *a: None)
     with pytest.raises(DataError, match=r"val split .* has 25 tokens, fewer than model.seq_len \+ 1 = 65"):
         check_enough_tokens(prepared, 64)
 

@@ -1,4 +1,5 @@
 """MFU: the peak is the dtype's, never below what a run achieves, and names its source."""
+
 import json
 
 import pytest

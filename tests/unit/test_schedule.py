@@ -3,7 +3,7 @@ import math
 import pytest
 
 from bigtrain.config import OptimConfig
-from bigtrain.train.schedule import lr_at
+from bigtrain.optim import lr_at
 
 
 def test_warmup_cosine_min_lr_values():

@@ -1,4 +1,5 @@
 """DeepSpeed's pipeline topology and megatron-core's groups put every rank in the same place."""
+
 import pytest
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 from megatron.core.parallel_state import RankGenerator

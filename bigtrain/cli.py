@@ -1,0 +1,99 @@
+"""Console scripts: `bigtrain-pretrain`, `bigtrain-export`, `bigtrain-generate`.
+
+Each sets up the process first (`bigtrain.process`), then imports what it runs: DeepSpeed and
+megatron-core read the environment and emit warnings when they are imported, so the heavy imports
+below are local on purpose. `launch/*.py` in a checkout call the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+
+from bigtrain.config.hydra import CONF_PACKAGE, register_resolvers  # light: no DeepSpeed, megatron or torch
+from bigtrain.process import setup_process
+
+
+def split_local_rank(argv: list[str]) -> tuple[list[str], str | None]:
+    """The deepspeed launcher appends `--local_rank=N` (or `--local_rank N`), which Hydra would
+    reject as an override: return argv without it, and N (None when absent)."""
+    out, value, skip = [], None, False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg.startswith("--local_rank"):
+            value, skip = (arg.split("=", 1)[1], False) if "=" in arg else (argv[i + 1], True)
+        else:
+            out.append(arg)
+    return out, value
+
+
+def pretrain() -> None:
+    """`bigtrain-pretrain model=… parallel=… precision=…`; runs under deepspeed, torchrun, srun
+    or plain python. `--config-dir DIR` adds a folder of the user's own presets."""
+    sys.argv, local_rank = split_local_rank(sys.argv)
+    setup_process(local_rank)
+    from bigtrain.run import main  # noqa: PLC0415  (after setup_process, see the module docstring)
+
+    register_resolvers()
+
+    @hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base=None)
+    def _pretrain(tree) -> None:
+        sys.exit(main(tree, HydraConfig.get().runtime.output_dir))
+
+    _pretrain()
+
+
+def _checkpoint_parser(doc: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="run directory, checkpoints/ folder or one step_XXXXXXXX folder")
+    return parser
+
+
+def export(argv: list[str] | None = None) -> None:
+    """Export a checkpoint (any layout) to a Hugging Face folder.
+
+    bigtrain-export outputs/<run> hf_out/     # or .../checkpoints/step_00001000
+    """
+    parser = _checkpoint_parser(export.__doc__)
+    parser.add_argument("out", help="output folder")
+    args = parser.parse_args(argv)
+    setup_process()
+    from bigtrain.model.hf import ExportError  # noqa: PLC0415  (after setup_process)
+    from bigtrain.tools import export_hf  # noqa: PLC0415
+    from bigtrain.train.checkpoint import CheckpointError  # noqa: PLC0415
+
+    try:
+        print(f"wrote {export_hf(args.checkpoint, args.out)} to {args.out}")
+    except (CheckpointError, ExportError) as err:
+        sys.exit(f"bigtrain: error: {err}")
+
+
+def generate(argv: list[str] | None = None) -> None:
+    """Sample text from a checkpoint (any layout).
+
+    bigtrain-generate outputs/<run> --prompt "ROMEO:" --max-tokens 200 --temperature 0.8 --top-k 50
+    """
+    parser = _checkpoint_parser(generate.__doc__)
+    parser.add_argument("--prompt", default="")
+    parser.add_argument("--max-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    parser.add_argument("--top-k", type=int, default=50, help="0 = off")
+    parser.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    setup_process()
+    from bigtrain.tools import generate_text  # noqa: PLC0415  (after setup_process)
+    from bigtrain.train.checkpoint import CheckpointError  # noqa: PLC0415
+
+    try:
+        print(
+            generate_text(
+                args.checkpoint, args.prompt, args.max_tokens, args.temperature, args.top_k, args.top_p, args.seed
+            )
+        )
+    except CheckpointError as err:
+        sys.exit(f"bigtrain: error: {err}")
