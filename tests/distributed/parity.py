@@ -8,11 +8,9 @@ batch of 8 is fixed so that every layout accumulates gradients (2-4 micro-batche
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-from bigtrain.parallel.state import free_port
-from tests.helpers.launch import ROOT, launch, read_metrics
+from tests.helpers.launch import ROOT, deepspeed_command, launch, read_metrics
 
 STEPS = 20
 GPT = ["model=tiny", "model.n_layers=4", "model.d_model=64", "model.n_heads=4", "model.seq_len=32"]
@@ -64,12 +62,7 @@ def run_layout_raw(
 ):
     """Launch `ranks` processes through the deepspeed launcher in run directory out/run."""
     args = [
-        shutil.which("deepspeed"),
-        "--num_gpus",
-        str(ranks),
-        "--master_port",
-        str(free_port()),
-        "launch/pretrain.py",
+        *deepspeed_command(ranks),
         f"data.path={corpus}",
         f"hydra.run.dir={out / 'run'}",
         *COMMON,

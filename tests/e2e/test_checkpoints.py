@@ -57,7 +57,7 @@ def llama_tp2_run(corpus, cache_dir, tmp_path_factory):
 def shakespeare_run(corpus, cache_dir, tmp_path_factory):
     """The flagship preset (rotary + LayerNorm + GELU, no biases, tied head): GPT-NeoX's family."""
     run_dir = tmp_path_factory.mktemp("shakespeare") / "run"
-    proc = single(corpus, run_dir, ["experiment=shakespeare_char_cpu", "trainer.max_steps=8"])
+    proc = single(corpus, run_dir, ["experiment=shakespeare_char_cpu", "trainer.max_steps=30"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -137,7 +137,11 @@ def test_flagship_preset_reimports_its_neox_export(shakespeare_run, corpus, tmp_
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "initialized weights from Hugging Face folder" in proc.stdout
     source = read_metrics(shakespeare_run)
-    assert read_metrics(tmp_path / "run")[0]["loss"] < source[0]["loss"] - 0.3
+    # The preset warms up over 100 steps, so the source moved little: the imported run must start
+    # at least halfway from where a fresh run starts (the source's first loss) to where it ended.
+    midway = (source[0]["loss"] + source[-1]["loss"]) / 2
+    assert source[-1]["loss"] < source[0]["loss"] - 0.3
+    assert read_metrics(tmp_path / "run")[0]["loss"] < midway
 
 
 def test_generate_from_tensor_parallel_checkpoint(llama_tp2_run):

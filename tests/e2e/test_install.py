@@ -1,5 +1,8 @@
 """bigtrain as users install it: sdist → wheel → a fresh virtual environment outside the checkout.
 
+`python -m build` makes the sdist, then the wheel from the unpacked sdist, so the presets and
+scripts the installed copy has went through both.
+
 The venv sees the machine's site-packages (`--system-site-packages`) for torch, DeepSpeed and the
 rest, so pip resolves the wheel's dependencies without the network; bigtrain itself comes only
 from the wheel, which the test checks.

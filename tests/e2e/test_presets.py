@@ -5,14 +5,12 @@ a tiny model: exit 0, finite losses, the layout it promises, and a sample in sum
 import json
 import math
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from bigtrain.config.hydra import CONF_DIR
-from bigtrain.parallel.state import free_port
-from tests.helpers.launch import ROOT, launch, read_metrics
+from tests.helpers.launch import ROOT, deepspeed_command, launch, read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
 
@@ -51,12 +49,7 @@ def test_preset_runs_with_its_own_defaults(preset, corpus, cache_dir, tmp_path):
     ranks, tensor, pipeline, data = RANKS[preset]
     proc = launch(
         [
-            shutil.which("deepspeed"),
-            "--num_gpus",
-            str(ranks),
-            "--master_port",
-            str(free_port()),
-            "launch/pretrain.py",
+            *deepspeed_command(ranks),
             f"parallel={preset}",
             f"data.path={corpus}",
             f"hydra.run.dir={tmp_path}",

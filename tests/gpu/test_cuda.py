@@ -1,27 +1,18 @@
 """CUDA checks, run where a GPU is present (skipped elsewhere by the `gpu` marker, see conftest)."""
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
-from bigtrain.config import ModelConfig
 from bigtrain.model.gpt import GPT, lm_loss
 from tests.helpers.launch import PYTHON, ROOT, launch
+from tests.unit.test_model import VARIANTS
 
 pytestmark = pytest.mark.gpu
 
-CFG = ModelConfig(
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    d_model=64,
-    seq_len=32,
-    position="rope",
-    norm="rmsnorm",
-    activation="swiglu",
-    vocab_size=100,
-)
+CFG = dataclasses.replace(VARIANTS["llama"], vocab_size=100)  # rope, RMSNorm, SwiGLU, GQA
 
 
 def test_model_on_cuda_matches_cpu():
