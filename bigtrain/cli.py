@@ -1,4 +1,4 @@
-"""Console scripts: `bigtrain-pretrain`, `bigtrain-export`, `bigtrain-generate`.
+"""Console scripts: `bigtrain-pretrain`, `bigtrain-prepare`, `bigtrain-export`, `bigtrain-generate`.
 
 Each sets up the process first (`bigtrain.process`), then imports what it runs: DeepSpeed and
 megatron-core read the environment and emit warnings when they are imported, so the heavy imports
@@ -13,7 +13,7 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from bigtrain.config.hydra import CONF_PACKAGE, register_resolvers  # light: no DeepSpeed, megatron or torch
+from bigtrain.config.hydra import CONF_PACKAGE, register_resolvers, to_config  # light: no DeepSpeed, megatron or torch
 from bigtrain.process import setup_process
 
 
@@ -45,6 +45,24 @@ def pretrain() -> None:
         sys.exit(main(tree, HydraConfig.get().runtime.output_dir))
 
     _pretrain()
+
+
+def prepare() -> None:
+    """`bigtrain-prepare inputs=[...] output=prefix tokenizer.kind=...`: raw corpora → tokenizer →
+    megatron-core .bin/.idx (see bigtrain/conf/prepare.yaml)."""
+    setup_process()
+    from bigtrain.config.schema import ConfigError, PrepareConfig  # noqa: PLC0415  (after setup_process)
+    from bigtrain.data.corpus import DataError  # noqa: PLC0415
+    from bigtrain.data.preprocess import prepare_corpus  # noqa: PLC0415
+
+    @hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="prepare", version_base=None)
+    def _prepare(tree) -> None:
+        try:
+            prepare_corpus(to_config(tree, PrepareConfig))
+        except (ConfigError, DataError) as err:
+            sys.exit(f"bigtrain: error: {err}")
+
+    _prepare()
 
 
 def _checkpoint_parser(doc: str) -> argparse.ArgumentParser:

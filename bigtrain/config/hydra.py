@@ -43,8 +43,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("bigtrain_run_id", run_id, use_cache=True)
 
 
-def to_config(tree: DictConfig) -> Config:
-    """Resolve and type the composed tree (Hydra's own `hydra` node excluded)."""
+def to_config(tree: DictConfig, schema: type = Config):
+    """Resolve and type the composed tree (Hydra's own `hydra` node excluded) as `schema`."""
     try:
         raw = OmegaConf.to_container(tree, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
@@ -52,7 +52,7 @@ def to_config(tree: DictConfig) -> Config:
             f"missing value for '{err.full_key}': set it on the command line ({err.full_key}=...)"
         ) from None
     raw.pop("hydra", None)
-    return from_dict(raw)
+    return from_dict(raw, schema)
 
 
 def compose(overrides: list[str] | None = None) -> Config:

@@ -75,6 +75,35 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class TokenizerConfig:
+    """Which tokenizer `bigtrain-prepare` uses: train a sentencepiece model (bpe, unigram, char) on
+    a sample of the inputs, or reuse one: a sentencepiece .model or a Hugging Face tokenizer.json."""
+
+    kind: Literal["bpe", "unigram", "char", "sentencepiece", "hf"] = "bpe"
+    path: Optional[str] = None  # the existing .model or tokenizer.json (kind=sentencepiece|hf)
+    vocab_size: int = 32000  # trained tokenizers (ignored for char)
+    sample_bytes: int = 100_000_000  # trained tokenizers learn from the first this-many bytes
+    eod_token: Optional[str] = None  # hf: the end-of-document token; None: <|endoftext|>, </s>, ...
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """`bigtrain-prepare`: raw files → tokenizer → megatron-core `<output>.bin/.idx`."""
+
+    inputs: tuple[str, ...] = ()  # files, folders and globs: .txt (any text), .jsonl[.gz], .parquet
+    output: Optional[str] = None  # prefix: writes <output>.bin, .idx, .summary.json and the tokenizer
+    text_key: str = "text"  # the JSON key / parquet column holding a document's text
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    workers: int = 1  # tokenizing processes; the output is the same for any number
+    dedupe: bool = False  # drop exact duplicate documents (by hash)
+    min_chars: int = 0  # drop documents shorter than this
+    append_eod: bool = True  # end every document with the EOD token
+    max_doc_chars: int = 1_000_000  # a text document without blank lines is cut here (bounded memory)
+    batch_docs: int = 256  # documents per tokenizing task
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
 class ParallelConfig:
     zero_stage: int = 0
     tensor_parallel: int = 1
@@ -197,4 +226,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} must be a string")
         return value
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if isinstance(value, str):
+            value = [value]  # one input may be given without brackets
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}={value!r} must be a list: {key}=[a,b]")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     raise TypeError(f"unsupported schema type {hint} for {key}")  # a bug in the schema, not user input

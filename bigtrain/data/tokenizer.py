@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import sentencepiece as spm
+from tokenizers import Tokenizer as Backend
 
 from bigtrain.data.corpus import DataError
 
@@ -84,3 +85,62 @@ def train_tokenizer(docs: list[str], kind: str, vocab_size: int, model_prefix: P
             "pieces, the characters and the specials); raise data.vocab_size"
         ) from None
     return Tokenizer(f"{model_prefix}.model")
+
+
+EOD_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>")
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizer.json` (GPT-2's, Llama's, a team's own), read with the `tokenizers`
+    library from a local path; nothing is downloaded. The end-of-document id is `eod_token`'s, or
+    the first of EOD_CANDIDATES the vocabulary has."""
+
+    def __init__(self, path: str | Path, eod_token: str | None = None):
+        self.path = Path(path)
+        try:
+            self.backend = Backend.from_file(str(self.path))
+        except Exception as err:  # the library raises a bare Exception for a malformed file
+            raise DataError(f"tokenizer {self.path} is not a Hugging Face tokenizer.json ({err}): pass one") from None
+        names = (eod_token,) if eod_token else EOD_CANDIDATES
+        ids = [self.backend.token_to_id(n) for n in names if n]
+        found = [i for i in ids if i is not None]
+        if not found:
+            raise DataError(
+                f"tokenizer {self.path} has no end-of-document token ({', '.join(n for n in names if n)}): "
+                "name one with tokenizer.eod_token=<token>"
+            )
+        self._eod = found[0]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def eod(self) -> int:
+        return self._eod
+
+    @property
+    def bos(self) -> int:
+        return self._eod  # GPT-2 style: one special token starts and ends documents
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode([i for i in ids if 0 <= i < self.vocab_size], skip_special_tokens=False)
+
+
+def load_tokenizer(path: str | Path, eod_token: str | None = None) -> Tokenizer | HFTokenizer:
+    """A sentencepiece `.model` or a Hugging Face `tokenizer.json`, by its name."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"tokenizer {path} does not exist: pass a sentencepiece .model or a tokenizer.json")
+    if path.suffix == ".json":
+        return HFTokenizer(path, eod_token)
+    try:
+        return Tokenizer(path)
+    except (OSError, RuntimeError) as err:
+        raise DataError(f"tokenizer {path} is not a sentencepiece model ({err}): pass a .model file") from None

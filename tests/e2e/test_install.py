@@ -83,7 +83,7 @@ def test_wheel_ships_package_configs_and_scripts(venv, tmp_path):
     origin, presets = where.stdout.splitlines()
     assert origin.startswith(str(venv)), origin  # the installed copy, not the checkout
     assert "tiny.yaml" in presets and "shakespeare_char_cpu.yaml" in presets and "3d.yaml" in presets
-    for script in ("bigtrain-pretrain", "bigtrain-export", "bigtrain-generate"):
+    for script in ("bigtrain-pretrain", "bigtrain-prepare", "bigtrain-export", "bigtrain-generate"):
         assert (venv / "bin" / script).is_file(), script
 
 
