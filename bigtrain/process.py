@@ -11,8 +11,6 @@ import logging
 import os
 import warnings
 
-import torch
-
 _done = False
 
 
@@ -22,6 +20,10 @@ def setup_process(local_rank: str | None = None) -> None:
     global _done
     if _done:
         return
+    # torch loads here, not at the top: bigtrain-prepare's worker processes import the entry
+    # point's module (and so this one) and need neither torch nor a GPU runtime.
+    import torch  # noqa: PLC0415
+
     cuda = torch.cuda.is_available()
     # DeepSpeed picks its accelerator from this variable when it is first asked; without CUDA its
     # CPU accelerator gives gloo collectives.
@@ -51,6 +53,8 @@ def setup_process(local_rank: str | None = None) -> None:
 
 def _share_cores() -> None:
     """The deepspeed launcher sets no OMP_NUM_THREADS: share the cores among this node's ranks."""
+    import torch  # noqa: PLC0415  (see setup_process)
+
     if "OMP_NUM_THREADS" in os.environ:
         return
     local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
