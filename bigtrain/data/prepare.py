@@ -21,7 +21,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from bigtrain.config.schema import DataConfig
 from bigtrain.data.corpus import DataError, load_corpus, split_documents
-from bigtrain.data.tokenizer import Tokenizer, train_tokenizer
+from bigtrain.data.tokenizer import Tokenizer, token_dtype, train_tokenizer
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val")
@@ -90,7 +90,7 @@ def _build(cfg: DataConfig, docs: list[str], out: Path) -> dict:
 
     train_docs, val_docs = split_documents(docs, cfg.val_fraction)
     tok = train_tokenizer(train_docs, cfg.tokenizer, cfg.vocab_size, out / "tokenizer")
-    dtype = np.uint16 if tok.vocab_size < 2**16 else np.int32
+    dtype = token_dtype(tok.vocab_size)
     meta = {
         "format": FORMAT_VERSION,
         "vocab_size": tok.vocab_size,

@@ -31,7 +31,7 @@ from bigtrain.config.schema import PrepareConfig, TokenizerConfig
 from bigtrain.data.corpus import DataError
 from bigtrain.data.encoding import encode_batch, init_encoder
 from bigtrain.data.sources import Skips, documents, expand_inputs
-from bigtrain.data.tokenizer import load_tokenizer, train_tokenizer
+from bigtrain.data.tokenizer import load_tokenizer, token_dtype, train_tokenizer
 
 
 def prepare_corpus(cfg: PrepareConfig, log=print) -> dict:
@@ -46,7 +46,7 @@ def prepare_corpus(cfg: PrepareConfig, log=print) -> dict:
     start = time.perf_counter()
     tokenizer_file = _tokenizer_file(cfg, files, out, log)
     tokenizer = load_tokenizer(tokenizer_file, cfg.tokenizer.eod_token)
-    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+    dtype = token_dtype(tokenizer.vocab_size)
     skips, seen = Skips(), set()
     stats = {"documents": 0, "tokens": 0, "bytes": 0, "duplicates_removed": 0}
     tmp_bin, tmp_idx = out.with_name(out.name + ".bin.tmp"), out.with_name(out.name + ".idx.tmp")

@@ -11,12 +11,18 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 from tokenizers import Tokenizer as Backend
 
 from bigtrain.data.corpus import DataError
 
 UNK, BOS, EOS = 0, 1, 2
+
+
+def token_dtype(vocab_size: int) -> type:
+    """The .bin token type: uint16 for vocabularies under 2**16 ids, else int32."""
+    return np.uint16 if vocab_size < 2**16 else np.int32
 
 
 class Tokenizer:

@@ -92,59 +92,59 @@ CONVERSIONS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
-def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
+def _biased_family_rules(
+    cfg: ModelConfig, embed: str, block: str, names: dict, final_norm: str, head: str
+) -> list[Rule]:
+    """GPT-2 and GPT-NeoX: LayerNorm blocks whose every projection and norm carries a bias (zeros
+    where bigtrain has none). `names`: bigtrain module → (their module, conversion); a bias takes
+    its weight's conversion (a transpose leaves 1-D tensors as they are)."""
     d, f = cfg.d_model, cfg.ffn_dim
-    rules = [Rule("embed.word.weight", ("transformer.wte.weight",))]
-    if cfg.position == "learned":
-        rules.append(Rule("embed.pos.weight", ("transformer.wpe.weight",)))
+    sizes = {"attn.qkv": 3 * d, "attn.proj": d, "mlp.up": f, "mlp.down": d, "norm1": d, "norm2": d}
+    rules = [Rule("embed.word.weight", (embed,))]
     for i in range(cfg.n_layers):
-        b, h = f"blocks.{i}.", f"transformer.h.{i}."
-        rules += [
-            Rule(b + "attn.qkv.weight", (h + "attn.c_attn.weight",), "qkv_concat_transpose"),
-            Rule(b + "attn.qkv.bias", (h + "attn.c_attn.bias",), "qkv_concat_transpose", zeros=3 * d),
-            Rule(b + "attn.proj.weight", (h + "attn.c_proj.weight",), "transpose"),
-            Rule(b + "attn.proj.bias", (h + "attn.c_proj.bias",), zeros=d),
-            Rule(b + "mlp.up.weight", (h + "mlp.c_fc.weight",), "transpose"),
-            Rule(b + "mlp.up.bias", (h + "mlp.c_fc.bias",), zeros=f),
-            Rule(b + "mlp.down.weight", (h + "mlp.c_proj.weight",), "transpose"),
-            Rule(b + "mlp.down.bias", (h + "mlp.c_proj.bias",), zeros=d),
-            Rule(b + "norm1.weight", (h + "ln_1.weight",)),
-            Rule(b + "norm1.bias", (h + "ln_1.bias",), zeros=d),
-            Rule(b + "norm2.weight", (h + "ln_2.weight",)),
-            Rule(b + "norm2.bias", (h + "ln_2.bias",), zeros=d),
-        ]
+        b, h = f"blocks.{i}.", f"{block}.{i}."
+        for ours, (theirs, convert) in names.items():
+            rules += [
+                Rule(b + ours + ".weight", (h + theirs + ".weight",), convert),
+                Rule(b + ours + ".bias", (h + theirs + ".bias",), convert, zeros=sizes[ours]),
+            ]
     return rules + [
-        Rule("final_norm.norm.weight", ("transformer.ln_f.weight",)),
-        Rule("final_norm.norm.bias", ("transformer.ln_f.bias",), zeros=d),
-        Rule("head.proj.weight", ("lm_head.weight",)),
+        Rule("final_norm.norm.weight", (final_norm + ".weight",)),
+        Rule("final_norm.norm.bias", (final_norm + ".bias",), zeros=d),
+        Rule("head.proj.weight", (head,)),
     ]
+
+
+def _gpt2_rules(cfg: ModelConfig) -> list[Rule]:
+    names = {
+        "attn.qkv": ("attn.c_attn", "qkv_concat_transpose"),
+        "attn.proj": ("attn.c_proj", "transpose"),
+        "mlp.up": ("mlp.c_fc", "transpose"),
+        "mlp.down": ("mlp.c_proj", "transpose"),
+        "norm1": ("ln_1", "same"),
+        "norm2": ("ln_2", "same"),
+    }
+    rules = _biased_family_rules(
+        cfg, "transformer.wte.weight", "transformer.h", names, "transformer.ln_f", "lm_head.weight"
+    )
+    if cfg.position == "learned":  # sinusoidal positions export as a computed table (to_hf)
+        rules.append(Rule("embed.pos.weight", ("transformer.wpe.weight",)))
+    return rules
 
 
 def _neox_rules(cfg: ModelConfig) -> list[Rule]:
-    d, f = cfg.d_model, cfg.ffn_dim
-    rules = [Rule("embed.word.weight", ("gpt_neox.embed_in.weight",))]
-    for i in range(cfg.n_layers):
-        b, h = f"blocks.{i}.", f"gpt_neox.layers.{i}."
-        rules += [
-            Rule(b + "attn.qkv.weight", (h + "attention.query_key_value.weight",)),
-            Rule(b + "attn.qkv.bias", (h + "attention.query_key_value.bias",), zeros=3 * d),
-            Rule(b + "attn.proj.weight", (h + "attention.dense.weight",)),
-            Rule(b + "attn.proj.bias", (h + "attention.dense.bias",), zeros=d),
-            Rule(b + "mlp.up.weight", (h + "mlp.dense_h_to_4h.weight",)),
-            Rule(b + "mlp.up.bias", (h + "mlp.dense_h_to_4h.bias",), zeros=f),
-            Rule(b + "mlp.down.weight", (h + "mlp.dense_4h_to_h.weight",)),
-            Rule(b + "mlp.down.bias", (h + "mlp.dense_4h_to_h.bias",), zeros=d),
-            Rule(b + "norm1.weight", (h + "input_layernorm.weight",)),
-            Rule(b + "norm1.bias", (h + "input_layernorm.bias",), zeros=d),
-            Rule(b + "norm2.weight", (h + "post_attention_layernorm.weight",)),
-            Rule(b + "norm2.bias", (h + "post_attention_layernorm.bias",), zeros=d),
-        ]
+    names = {
+        "attn.qkv": ("attention.query_key_value", "same"),
+        "attn.proj": ("attention.dense", "same"),
+        "mlp.up": ("mlp.dense_h_to_4h", "same"),
+        "mlp.down": ("mlp.dense_4h_to_h", "same"),
+        "norm1": ("input_layernorm", "same"),
+        "norm2": ("post_attention_layernorm", "same"),
+    }
     # `embed_out` is the name on the Hub; transformers 5 renames it to lm_head when loading.
-    return rules + [
-        Rule("final_norm.norm.weight", ("gpt_neox.final_layer_norm.weight",)),
-        Rule("final_norm.norm.bias", ("gpt_neox.final_layer_norm.bias",), zeros=d),
-        Rule("head.proj.weight", ("embed_out.weight",)),
-    ]
+    return _biased_family_rules(
+        cfg, "gpt_neox.embed_in.weight", "gpt_neox.layers", names, "gpt_neox.final_layer_norm", "embed_out.weight"
+    )
 
 
 def _llama_rules(cfg: ModelConfig) -> list[Rule]:
