@@ -4,7 +4,7 @@
 
 Generates a jsonl corpus of `--mb` MB from the running Python's standard-library sources (each
 file one document, repeated with a pass number so dedupe would keep them), and one `--scale`
-times larger; neither is committed. Trains one BPE tokenizer (vocab 32000) on the first 20 MB,
+times larger; neither is committed. Trains one BPE tokenizer (vocab 32000) on a 20 MB corpus of the same kind,
 then times `launch/prepare_data.py` with that tokenizer (kind=sentencepiece) as a subprocess:
 1 and 2 workers on the small corpus, 2 workers on the large one. Peak RSS is the largest sum of
 the RSS of the whole process tree (the main process and its workers), sampled every 0.1 s.
@@ -93,11 +93,13 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     small, large = work / f"corpus_{args.mb}mb.jsonl", work / f"corpus_{args.mb * args.scale}mb.jsonl"
     sizes = {small: make_corpus(small, args.mb), large: make_corpus(large, args.mb * args.scale)}
+    sample = work / "tokenizer_sample.jsonl"
+    make_corpus(sample, 20)
     prepare = [sys.executable, "launch/prepare_data.py", "progress_bar=false"]
     seconds, _, _ = run(
         [
             *prepare,
-            f"inputs=[{small}]",
+            f"inputs=[{sample}]",
             f"output={work / 'tok'}",
             "tokenizer.kind=bpe",
             "tokenizer.vocab_size=32000",
@@ -105,7 +107,7 @@ def main() -> None:
             "workers=2",
         ]
     )
-    print(f"tokenizer trained and {args.mb} MB prepared once in {seconds:.0f} s", flush=True)
+    print(f"tokenizer trained on 20 MB in {seconds:.0f} s", flush=True)
     tokenizer = f"tokenizer.path={work / 'tok.tokenizer.model'}"
     results = []
     for corpus, workers in ((small, 1), (small, 2), (large, 2)):

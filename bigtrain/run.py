@@ -15,9 +15,10 @@ import torch
 from bigtrain.config.hydra import to_config
 from bigtrain.config.schema import Config, ConfigError, DataConfig, ModelConfig
 from bigtrain.config.validate import validate
+from bigtrain.data.blend import DataPlan, plan_builtin, plan_prepared
 from bigtrain.data.corpus import DataError
 from bigtrain.data.dataset import Batches, Prefetched, build_datasets
-from bigtrain.data.prepare import Prepared, check_enough_tokens, prepare
+from bigtrain.data.prepare import cache_root, prepare
 from bigtrain.metrics.peak import peak_tflops
 from bigtrain.metrics.sinks import Sinks
 from bigtrain.metrics.throughput import Meter, peak_memory_gb
@@ -73,25 +74,28 @@ def model_vocab(model: ModelConfig, tokenizer_vocab: int, tp_size: int) -> Vocab
 
 def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     t, layout = cfg.trainer, ranks.layout
-    prepared = _prepare_on_one_rank(cfg.data, ranks, log)
-    check_enough_tokens(prepared, cfg.model.seq_len)
-    tokenizer = prepared.tokenizer
+    plan = _plan_on_one_rank(cfg.data, cfg.model.seq_len, ranks, log)
+    tokenizer = plan.tokenizer
     vocab = model_vocab(cfg.model, tokenizer.vocab_size, layout.tensor)
     seed_everything(t.seed, ranks)
     engine, clipper = build_engine(cfg, ranks, vocab, log=log)
     seed_everything(t.seed, ranks)  # dropout streams independent of how many layers this rank built
     checkpointer = Checkpointer(
-        cfg, Path(t.ckpt_dir) if t.ckpt_dir else run_dir / "checkpoints", ranks, vocab, tokenizer.path
+        cfg, Path(t.ckpt_dir) if t.ckpt_dir else run_dir / "checkpoints", ranks, vocab, tokenizer
     )
     resumed = checkpointer.resume(engine, log)
     if resumed is None and cfg.model.init_from:
         _import_weights(cfg.model, engine, ranks, vocab, log)
     state = TrainState(resumed["step"], resumed["consumed_samples"]) if resumed else TrainState()
-    train_ds, val_ds = build_datasets(prepared, cfg.model.seq_len, t.seed, t.max_steps * t.global_batch_size, None)
+    train_ds, val_ds = build_datasets(plan, cfg.model.seq_len, t.seed, t.max_steps * t.global_batch_size)
     batches = dict(
-        global_batch=t.global_batch_size, micro_batch=t.micro_batch_size, dp_size=layout.data, dp_rank=ranks.dp
+        global_batch=t.global_batch_size,
+        micro_batch=t.micro_batch_size,
+        dp_size=layout.data,
+        dp_rank=ranks.dp,
+        vocab_size=tokenizer.vocab_size,
     )
-    meter = _meter(cfg, vocab, layout.world_size, prepared, log)
+    meter = _meter(cfg, vocab, layout.world_size, plan, log)
     sinks = Sinks(cfg.logging, run_dir, t.max_steps, state.step, dataclasses.asdict(cfg)) if ranks.is_main else None
     train_batches = Prefetched(Batches(train_ds, **batches))
     loss_fn = functools.partial(lm_loss, tp=tensor_parallel_plan(cfg.parallel, ranks))
@@ -119,13 +123,13 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, vocab, log)
 
 
-def _meter(cfg: Config, vocab: Vocab, devices: int, prepared: Prepared, log) -> Meter:
+def _meter(cfg: Config, vocab: Vocab, devices: int, plan: DataPlan, log) -> Meter:
     t = cfg.trainer
     peak = peak_tflops(cfg.precision.dtype, cfg.logging.peak_tflops)
     log(
         f"model: {cfg.model.name}, {parameter_count(cfg.model, vocab.padded):,} parameters, vocab {vocab.size}; "
-        f"data: {prepared.meta['corpus']} ({prepared.tokens('train'):,} train / "
-        f"{prepared.tokens('val'):,} val tokens); MFU peak: {_tflops(peak.tflops)} TFLOP/s ({peak.source})"
+        f"data: {plan.description} ({plan.tokens('train'):,} train / "
+        f"{plan.tokens('val'):,} val tokens); MFU peak: {_tflops(peak.tflops)} TFLOP/s ({peak.source})"
     )
     return Meter(
         tokens_per_step=t.global_batch_size * cfg.model.seq_len,
@@ -206,20 +210,27 @@ def _sample(cfg: Config, engine, ranks: Ranks, tokenizer, vocab: Vocab) -> str:
     return t.sample_prompt + tokenizer.decode(ids)
 
 
-def _prepare_on_one_rank(data: DataConfig, ranks: Ranks, log) -> Prepared:
-    """Local rank 0 tokenizes (once per node); the others wait, then read the cached result.
+def _plan_on_one_rank(data: DataConfig, seq_len: int, ranks: Ranks, log) -> DataPlan:
+    """Local rank 0 prepares the built-in corpora (once per node) or checks the prepared prefixes;
+    the others wait, then open the cached result without re-checking.
 
     A failure on the preparing rank is sent to every rank so all of them stop with its message
     instead of waiting forever at the barrier.
     """
-    error, prepared = None, None
+
+    def plan(first: bool) -> DataPlan:
+        if data.source == "prepared":
+            return plan_prepared(data, seq_len, cache_root(data) / "index-cache", check=first)
+        return plan_builtin(prepare(data, log=log if first else lambda *a: None), seq_len)
+
+    error, result = None, None
     if ranks.local_rank == 0:
         try:
-            prepared = prepare(data, log=log)
-        except (DataError, OSError) as err:
+            result = plan(first=True)
+        except (DataError, ConfigError, OSError) as err:
             error = f"{type(err).__name__}: {err}"
     verdict = [error]
     torch.distributed.broadcast_object_list(verdict, src=0)
     if verdict[0]:
         raise DataError(verdict[0].split(": ", 1)[-1])
-    return prepared or prepare(data, log=lambda *a: None)
+    return result or plan(first=False)

@@ -12,7 +12,7 @@ import difflib
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 
 class ConfigError(ValueError):
@@ -61,11 +61,22 @@ class ModelConfig:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "stdlib"
-    source: Literal["stdlib", "text"] = "stdlib"
+    # stdlib and text are tokenized here and cached; prepared reads bigtrain-prepare's (or
+    # Megatron-LM's, GPT-NeoX's) .bin/.idx prefixes named in `blend`.
+    source: Literal["stdlib", "text", "prepared"] = "stdlib"
     path: Optional[str] = None  # the text file for source=text
+    # source=prepared: Megatron-LM's --data-path form, [weight, prefix, weight, prefix, ...], or
+    # prefixes alone (weighted by their token counts). A prefix is the path without .bin/.idx.
+    blend: tuple[Union[float, str], ...] = ()
+    # Validation prefixes, in the same form; empty: hold out val_fraction of each blend prefix's
+    # sequences (documents, or sentences in Megatron-LM's sentence-split prefixes; its --split).
+    valid_blend: tuple[Union[float, str], ...] = ()
+    # source=prepared: the tokenizer the prefixes were prepared with; None: the one bigtrain-prepare
+    # wrote beside the first prefix (<prefix>.tokenizer.model or .tokenizer.json).
+    tokenizer_path: Optional[str] = None
     tokenizer: Literal["bpe", "unigram", "char"] = "bpe"
     vocab_size: int = 4096  # sentencepiece vocabulary (ignored for char)
-    val_fraction: float = 0.1  # the last fraction of the corpus text is validation
+    val_fraction: float = 0.1  # stdlib/text: the last fraction of the text; prepared: of sequences
     max_bytes: Optional[int] = 8_000_000  # cap on corpus size (the stdlib is ~30 MB); None: all of it
     cache_dir: Optional[str] = None  # None: $BIGTRAIN_CACHE or ~/.cache/bigtrain
     append_eod: bool = True  # end every document with the EOD token
@@ -203,8 +214,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(value, inner, key)
+        inner = [a for a in args if a is not type(None)]
+        for option in inner[:-1]:  # the first type the value fits, e.g. a blend weight or a prefix
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        return _coerce(value, inner[-1], key)
     if origin is Literal:
         if value not in args:
             allowed = "|".join(str(a) for a in args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from bigtrain.config.blend import parse_blend
 from bigtrain.config.schema import Config, ConfigError
 
 
@@ -97,7 +98,10 @@ def validate(cfg: Config, world_size: int | None = None) -> Layout:
         )
     if cfg.data.source == "text" and not cfg.data.path:
         raise ConfigError("data.source=text needs data.path: pass data.path=/path/to/corpus.txt")
-    if not 0.0 < cfg.data.val_fraction < 1.0:
+    if cfg.data.source == "prepared" and not parse_blend(cfg.data.blend, "data.blend"):
+        raise ConfigError("data.source=prepared needs data.blend: pass data.blend=[0.3,/data/a,0.7,/data/b]")
+    held_out = cfg.data.source != "prepared" or not parse_blend(cfg.data.valid_blend, "data.valid_blend")
+    if held_out and not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in (0, 1)")
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr={cfg.optim.min_lr} exceeds optim.lr={cfg.optim.lr}: lower min_lr")

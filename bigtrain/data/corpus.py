@@ -1,4 +1,6 @@
-"""Corpora: where the raw text comes from, as a list of documents with a stable fingerprint."""
+"""The built-in corpora (stdlib, one text file): their documents, and a fingerprint that needs no
+reading. The fingerprint covers file names, sizes and modification times, so a warm start (the
+prepared cache exists) stats the files and reads no corpus text."""
 
 from __future__ import annotations
 
@@ -17,8 +19,16 @@ class DataError(ValueError):
 @dataclass
 class Corpus:
     documents: list[str]
-    fingerprint: str  # changes whenever the text changes
     description: str
+
+
+def fingerprint(cfg: DataConfig) -> str:
+    """Changes whenever a corpus file is added, removed, resized or modified; reads no text."""
+    digest = hashlib.sha256(repr((cfg.source, cfg.max_bytes, cfg.document_separator)).encode())
+    for path in _stdlib_files() if cfg.source == "stdlib" else [_text_path(cfg.path)]:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def load_corpus(cfg: DataConfig) -> Corpus:
@@ -27,14 +37,23 @@ def load_corpus(cfg: DataConfig) -> Corpus:
     return _text_file(cfg.path, cfg.max_bytes, cfg.document_separator)
 
 
-def _stdlib(max_bytes: int | None) -> Corpus:
+def _stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def _stdlib_files() -> list[Path]:
     """The running Python's standard-library sources, in sorted path order."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    docs, total, digest = [], 0, hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root).as_posix()
-        if rel.startswith(("site-packages/", "dist-packages/")):
-            continue
+    root = _stdlib_root()
+    files = [p for p in sorted(root.rglob("*.py")) if not p.relative_to(root).parts[0].endswith("-packages")]
+    if not files:
+        raise DataError(f"no Python sources found under {root}: pass data=text data.path=<file>")
+    return files
+
+
+def _stdlib(max_bytes: int | None) -> Corpus:
+    root = _stdlib_root()
+    docs, total = [], 0
+    for path in _stdlib_files():
         try:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
@@ -43,18 +62,20 @@ def _stdlib(max_bytes: int | None) -> Corpus:
             break
         docs.append(text)
         total += len(text)
-        digest.update(rel.encode() + b"\0" + text.encode())
-    if not docs:
-        raise DataError(f"no Python sources found under {root}: pass data=text data.path=<file>")
-    return Corpus(docs, digest.hexdigest(), f"Python stdlib at {root}: {len(docs)} files, {total:,} chars")
+    return Corpus(docs, f"Python stdlib at {root}: {len(docs)} files, {total:,} chars")
+
+
+def _text_path(path: str | None) -> Path:
+    if not path:
+        raise DataError("data.path is not set: pass data.path=/path/to/corpus.txt")
+    file = Path(path).expanduser().resolve()
+    if not file.is_file():
+        raise DataError(f"data.path={path!r} does not exist or is not a file: pass an existing text file")
+    return file
 
 
 def _text_file(path: str | None, max_bytes: int | None, separator: str | None) -> Corpus:
-    if not path:
-        raise DataError("data.path is not set: pass data.path=/path/to/corpus.txt")
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise DataError(f"data.path={path!r} does not exist or is not a file: pass an existing text file")
+    file = _text_path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -65,13 +86,11 @@ def _text_file(path: str | None, max_bytes: int | None, separator: str | None) -
         text = text[:max_bytes]
     if not text.strip():
         raise DataError(f"data.path={path!r} is empty: pass a file with text in it")
-    digest = hashlib.sha256(text.encode()).hexdigest()
     docs = [text]
     if separator:
         pieces = text.split(separator)
         docs = [p + separator for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
-        digest = hashlib.sha256(f"{digest}|{separator!r}".encode()).hexdigest()
-    return Corpus(docs, digest, f"{file}: {len(text):,} chars, {len(docs):,} documents")
+    return Corpus(docs, f"{file}: {len(text):,} chars, {len(docs):,} documents")
 
 
 def split_documents(docs: list[str], val_fraction: float) -> tuple[list[str], list[str]]:

@@ -1,6 +1,8 @@
-"""Corpus → tokenizer → megatron-core indexed `.bin/.idx` files, cached by what produced them.
+"""The built-in corpora (data.source=stdlib|text) → tokenizer → megatron-core `.bin/.idx`, cached
+by what produced them.
 
-The cache folder is keyed by the corpus fingerprint, the tokenizer settings and the split, so
+The cache folder is keyed by the corpus fingerprint (file names, sizes, mtimes: a warm start
+reads no corpus text), the tokenizer settings and the split, so
 changing any of them builds a new folder and never reuses stale tokens. A folder is built under
 a temporary name and renamed into place, so a crash never leaves a half-written one that looks
 complete.
@@ -20,7 +22,7 @@ import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from bigtrain.config.schema import DataConfig
-from bigtrain.data.corpus import DataError, load_corpus, split_documents
+from bigtrain.data.corpus import fingerprint, load_corpus, split_documents
 from bigtrain.data.tokenizer import Tokenizer, token_dtype, train_tokenizer
 
 FORMAT_VERSION = 1
@@ -62,13 +64,13 @@ def cache_key(cfg: DataConfig, fingerprint: str) -> str:
 
 def prepare(cfg: DataConfig, log=print) -> Prepared:
     """Return the prepared data for `cfg`, building it if no intact cached copy exists."""
-    corpus = load_corpus(cfg)
-    root = cache_root(cfg) / f"{cfg.name}-{cache_key(cfg, corpus.fingerprint)}"
+    root = cache_root(cfg) / f"{cfg.name}-{cache_key(cfg, fingerprint(cfg))}"
     if _intact(root):
         return Prepared(root, json.loads((root / "meta.json").read_text()))
     if root.exists():
         log(f"prepared data at {root} is incomplete or corrupt: rebuilding it")
         shutil.rmtree(root, ignore_errors=True)
+    corpus = load_corpus(cfg)
     log(f"preparing {corpus.description} -> {root}")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
@@ -128,15 +130,3 @@ def _intact(root: Path) -> bool:
         )
     except (OSError, ValueError, KeyError):
         return False
-
-
-def check_enough_tokens(prepared: Prepared, seq_len: int) -> None:
-    """megatron's GPTDataset loops forever on a split shorter than one sample: refuse first."""
-    for split in SPLITS:
-        have = prepared.tokens(split)
-        if have < seq_len + 1:
-            raise DataError(
-                f"the {split} split of {prepared.meta['corpus']} has {have} tokens, fewer than "
-                f"model.seq_len + 1 = {seq_len + 1}: use a larger corpus, lower model.seq_len, "
-                "or change data.val_fraction"
-            )

@@ -80,7 +80,14 @@ def prepare_corpus(cfg: PrepareConfig, log=print) -> dict:
         **stats,
         "skipped": dict(sorted(skips.items())),
         "dtype": np.dtype(dtype).name,
-        "tokenizer": {"file": tokenizer_file.name, "vocab_size": tokenizer.vocab_size, "eod": tokenizer.eod},
+        # Training finds the tokenizer by this file and refuses prefixes prepared with another one.
+        "tokenizer": {
+            "file": tokenizer_file.name,
+            "sha256": hashlib.sha256(tokenizer_file.read_bytes()).hexdigest(),
+            "vocab_size": tokenizer.vocab_size,
+            "eod": tokenizer.eod,
+            "eod_token": tokenizer.eod_token,
+        },
         "seconds": round(seconds, 3),
         "mb_per_s": round(stats["bytes"] / 1e6 / seconds, 3),
         "tokens_per_s": round(stats["tokens"] / seconds, 1),

@@ -26,6 +26,11 @@ def token_dtype(vocab_size: int) -> type:
 
 
 class Tokenizer:
+    """A sentencepiece `.model`: bigtrain's own (unk 0, bos 1, eos 2) or an existing one such as
+    Llama's; the end-of-document token is the model's eos."""
+
+    saved_name = "tokenizer.model"  # its name inside checkpoints and exported folders
+
     def __init__(self, model_file: str | Path):
         self.path = Path(model_file)
         self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
@@ -36,11 +41,15 @@ class Tokenizer:
 
     @property
     def eod(self) -> int:
-        return EOS
+        return self.sp.eos_id() if self.sp.eos_id() >= 0 else EOS
 
     @property
     def bos(self) -> int:
-        return BOS
+        return self.sp.bos_id() if self.sp.bos_id() >= 0 else self.eod
+
+    @property
+    def eod_token(self) -> str:
+        return self.sp.id_to_piece(self.eod)
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
@@ -101,6 +110,8 @@ class HFTokenizer:
     library from a local path; nothing is downloaded. The end-of-document id is `eod_token`'s, or
     the first of EOD_CANDIDATES the vocabulary has."""
 
+    saved_name = "tokenizer.json"
+
     def __init__(self, path: str | Path, eod_token: str | None = None):
         self.path = Path(path)
         try:
@@ -108,14 +119,13 @@ class HFTokenizer:
         except Exception as err:  # the library raises a bare Exception for a malformed file
             raise DataError(f"tokenizer {self.path} is not a Hugging Face tokenizer.json ({err}): pass one") from None
         names = (eod_token,) if eod_token else EOD_CANDIDATES
-        ids = [self.backend.token_to_id(n) for n in names if n]
-        found = [i for i in ids if i is not None]
+        found = [(self.backend.token_to_id(n), n) for n in names if n and self.backend.token_to_id(n) is not None]
         if not found:
             raise DataError(
                 f"tokenizer {self.path} has no end-of-document token ({', '.join(n for n in names if n)}): "
                 "name one with tokenizer.eod_token=<token>"
             )
-        self._eod = found[0]
+        self._eod, self.eod_token = found[0]
 
     @property
     def vocab_size(self) -> int:

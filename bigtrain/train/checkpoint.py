@@ -117,11 +117,11 @@ class Checkpointer:
     """Saves, resumes and prunes one run's checkpoints. It takes the whole `Config` because a
     checkpoint records the run: `meta.json` holds the model, data, layout and precision."""
 
-    def __init__(self, cfg: Config, root: Path, ranks: Ranks, vocab: Vocab, tokenizer_file: Path):
+    def __init__(self, cfg: Config, root: Path, ranks: Ranks, vocab: Vocab, tokenizer):
         t = cfg.trainer
         self.cfg, self.root, self.ranks = cfg, Path(root), ranks
         self.interval, self.keep_last, self.max_steps = t.save_interval, t.keep_last, t.max_steps
-        self.vocab, self.tokenizer_file = vocab, tokenizer_file
+        self.vocab, self.tokenizer = vocab, tokenizer
         self.stop_requested = False
 
     # ---- cadence and signals -------------------------------------------------------------
@@ -168,13 +168,18 @@ class Checkpointer:
         torch.distributed.barrier()
         fault_point("before_publish", state.step)
         if self.ranks.is_main:
-            shutil.copy(self.tokenizer_file, staging / "bigtrain" / "tokenizer.model")
+            shutil.copy(self.tokenizer.path, staging / "bigtrain" / self.tokenizer.saved_name)
             meta = {
                 "step": state.step,
                 "consumed_samples": state.consumed_samples,
                 "vocab_size": self.vocab.size,
                 "model": dataclasses.asdict(self.cfg.model),
                 "data": dataclasses.asdict(self.cfg.data),
+                "tokenizer": {
+                    "file": self.tokenizer.saved_name,
+                    "eod_token": self.tokenizer.eod_token,
+                    "vocab_size": self.tokenizer.vocab_size,
+                },
                 "layout": dataclasses.asdict(self.ranks.layout),
                 "zero_stage": self.cfg.parallel.zero_stage,
                 "precision": self.cfg.precision.dtype,

@@ -28,7 +28,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
         if isinstance(value, dict):
             out.update(flatten(value, f"{prefix}{key}."))
         else:
-            out[f"{prefix}{key}"] = value
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value  # YAML lists
     return out
 
 

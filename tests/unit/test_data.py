@@ -1,6 +1,8 @@
 """Corpus, tokenizer and the prepared-data cache."""
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,9 +10,10 @@ import torch
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 
 from bigtrain.config import DataConfig
+from bigtrain.data.blend import plan_builtin
 from bigtrain.data.corpus import DataError, load_corpus, split_documents
 from bigtrain.data.dataset import Batches, Prefetched, build_datasets
-from bigtrain.data.prepare import cache_key, check_enough_tokens, prepare
+from bigtrain.data.prepare import cache_key, prepare
 
 
 def test_split_is_first_ninety_percent_of_text():
@@ -132,14 +135,14 @@ def test_too_small_split_is_refused_before_gptdataset(tmp_path, cache_dir):
     path = tmp_path / "small.txt"
     path.write_text("tiny corpus " * 20)
     prepared = prepare(DataConfig(name="small", source="text", path=str(path), tokenizer="char"), log=lambda *a: None)
-    with pytest.raises(DataError, match=r"val split .* has 25 tokens, fewer than model.seq_len \+ 1 = 65"):
-        check_enough_tokens(prepared, 64)
+    with pytest.raises(DataError, match=r"val split of .* has 25 tokens, fewer than model.seq_len \+ 1 = 65"):
+        plan_builtin(prepared, 64)
 
 
 def test_batches_depend_only_on_step_not_layout(corpus, cache_dir, world1):
     cfg = DataConfig(name="batches", source="text", path=str(corpus), tokenizer="char", max_bytes=200_000)
     prepared = prepare(cfg, log=lambda *a: None)
-    train, _ = build_datasets(prepared, 32, seed=1, train_samples=64, val_samples=16)
+    train, _ = build_datasets(plan_builtin(prepared, 32), 32, seed=1, train_samples=64)
     one = Batches(train, global_batch=8, micro_batch=8, dp_size=1, dp_rank=0).get(3, 0).tokens
     parts = [Batches(train, 8, 2, 2, r).get(3, m).tokens for m in range(2) for r in range(2)]
     assert np.array_equal(one.numpy(), np.concatenate([p.numpy() for p in parts]))
@@ -149,7 +152,7 @@ def test_batches_depend_only_on_step_not_layout(corpus, cache_dir, world1):
 
 def test_prefetched_batches_equal_direct_ones_in_any_order(corpus, cache_dir, world1):
     cfg = DataConfig(name="batches", source="text", path=str(corpus), tokenizer="char", max_bytes=200_000)
-    train, _ = build_datasets(prepare(cfg, log=lambda *a: None), 32, seed=1, train_samples=64, val_samples=16)
+    train, _ = build_datasets(plan_builtin(prepare(cfg, log=lambda *a: None), 32), 32, seed=1, train_samples=64)
     direct, ahead = Batches(train, 8, 4, 1, 0), Prefetched(Batches(train, 8, 4, 1, 0))
     try:
         for step in (0, 1, 2, 5, 6, 3):  # in order (served from the background thread), then jumps
@@ -161,3 +164,35 @@ def test_prefetched_batches_equal_direct_ones_in_any_order(corpus, cache_dir, wo
         assert ahead.pending[0] == 4  # the next step is already on its way
     finally:
         ahead.close()
+
+
+@pytest.mark.parametrize("source", ["stdlib", "text"])
+def test_warm_start_reads_no_corpus_text(source, corpus, cache_dir, tmp_path, monkeypatch):
+    """With the cache in place, preparing stats the corpus files and reads none of them; a new
+    modification time counts as a changed corpus."""
+    text = tmp_path / "corpus.txt"
+    text.write_text(corpus.read_text()[:100_000])
+    cfg = DataConfig(name=f"warm-{source}", source=source, path=str(text), tokenizer="char", max_bytes=100_000)
+    first = prepare(cfg, log=lambda *a: None)
+    read = []
+    real_read_text, real_open = Path.read_text, Path.open
+
+    def read_text(self, *a, **kw):
+        if self.suffix in (".py", ".txt"):
+            read.append(self)
+        return real_read_text(self, *a, **kw)
+
+    def path_open(self, *a, **kw):
+        if self.suffix in (".py", ".txt"):
+            read.append(self)
+        return real_open(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(Path, "open", path_open)
+    again = prepare(cfg, log=lambda *a: None)
+    assert again.root == first.root and again.meta == first.meta
+    assert read == []
+    if source == "text":
+        os.utime(text, ns=(text.stat().st_atime_ns, text.stat().st_mtime_ns + 10**9))
+        assert prepare(cfg, log=lambda *a: None).root != first.root
+        assert set(read) == {text.resolve()}
