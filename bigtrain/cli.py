@@ -13,7 +13,8 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
-from bigtrain.config.hydra import CONF_PACKAGE, register_resolvers, to_config  # light: no DeepSpeed, megatron or torch
+from bigtrain import launcher
+from bigtrain.config.hydra import CONF_PACKAGE, to_config  # light: no DeepSpeed, megatron or torch
 from bigtrain.process import setup_process
 
 
@@ -35,10 +36,13 @@ def pretrain() -> None:
     """`bigtrain-pretrain model=… parallel=… precision=…`; runs under deepspeed, torchrun, srun
     or plain python. `--config-dir DIR` adds a folder of the user's own presets."""
     sys.argv, local_rank = split_local_rank(sys.argv)
+    try:
+        launcher.export(launcher.detect())  # srun's and mpirun's variables as torch.distributed's
+    except launcher.LaunchError as err:
+        print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
     setup_process(local_rank)
     from bigtrain.run import main  # noqa: PLC0415  (after setup_process, see the module docstring)
-
-    register_resolvers()
 
     @hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base=None)
     def _pretrain(tree) -> None:

@@ -33,6 +33,7 @@ from bigtrain.parallel.state import Ranks, seed_everything, tensor_parallel_plan
 from bigtrain.train import consolidated
 from bigtrain.train.checkpoint import Checkpointer, CheckpointError
 from bigtrain.train.loop import Trainer, TrainState
+from bigtrain.train.rundir import RunDirError, RunLock, set_aside
 from bigtrain.train.sample import evaluating, generate, last_logits
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving; relaunch to continue
@@ -43,7 +44,7 @@ def main(tree, run_dir: str) -> int:
     try:
         cfg = to_config(tree)
         summary = run(cfg, Path(run_dir))
-    except (ConfigError, DataError, CheckpointError, ExportError) as err:
+    except (ConfigError, DataError, CheckpointError, ExportError, RunDirError) as err:
         print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
         return 2
     return EXIT_INTERRUPTED if summary.get("interrupted") else 0
@@ -54,10 +55,43 @@ def run(cfg: Config, run_dir: Path) -> dict:
     layout = validate(cfg)  # before any process group
     ranks = pstate.init_distributed(layout)
     log = print if ranks.is_main else (lambda *a, **k: None)
+    lock = RunLock(run_dir)
     try:
+        _all_or_none(ranks, lambda: _claim(cfg, run_dir, lock, log), ranks.is_main, RunDirError)
         return _train(cfg, run_dir, ranks, log)
     finally:
+        lock.release()
         pstate.destroy()
+
+
+def _claim(cfg: Config, run_dir: Path, lock: RunLock, log) -> None:
+    """Rank 0: lock the run directory for this job; with run.fresh, set the previous run aside."""
+    lock.acquire()
+    if cfg.run.fresh:
+        aside = set_aside(run_dir, _ckpt_root(cfg, run_dir))
+        if aside:
+            log(f"run.fresh=true: the previous run's checkpoints and metrics moved to {aside}")
+
+
+def _ckpt_root(cfg: Config, run_dir: Path) -> Path:
+    return Path(cfg.trainer.ckpt_dir) if cfg.trainer.ckpt_dir else run_dir / "checkpoints"
+
+
+def _all_or_none(ranks: Ranks, work, runs_here: bool, kind: type[Exception]):
+    """Run `work` on the ranks where `runs_here`; if it fails on any rank, every rank raises `kind`
+    with that message, instead of the others waiting forever at the next collective."""
+    result, error = None, None
+    if runs_here:
+        try:
+            result = work()
+        except (ConfigError, DataError, RunDirError, OSError) as err:
+            error = str(err)
+    errors = [None] * ranks.layout.world_size
+    torch.distributed.all_gather_object(errors, error)
+    first = next((e for e in errors if e), None)
+    if first:
+        raise kind(first)
+    return result
 
 
 def model_vocab(model: ModelConfig, tokenizer_vocab: int, tp_size: int) -> Vocab:
@@ -80,13 +114,18 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     seed_everything(t.seed, ranks)
     engine, clipper = build_engine(cfg, ranks, vocab, log=log)
     seed_everything(t.seed, ranks)  # dropout streams independent of how many layers this rank built
-    checkpointer = Checkpointer(
-        cfg, Path(t.ckpt_dir) if t.ckpt_dir else run_dir / "checkpoints", ranks, vocab, tokenizer
-    )
+    checkpointer = Checkpointer(cfg, _ckpt_root(cfg, run_dir), ranks, vocab, tokenizer)
     resumed = checkpointer.resume(engine, log)
     if resumed is None and cfg.model.init_from:
         _import_weights(cfg.model, engine, ranks, vocab, log)
     state = TrainState(resumed["step"], resumed["consumed_samples"]) if resumed else TrainState()
+    if state.step >= t.max_steps:
+        log(
+            f"run {cfg.run.name} is already complete at step {state.step} ({run_dir}): raise trainer.max_steps to "
+            "train on, pass another run.name for a new run, or run.fresh=true to start this one over"
+        )
+        summary = run_dir / "summary.json"
+        return json.loads(summary.read_text()) if summary.is_file() else {"step": state.step, "interrupted": False}
     train_ds, val_ds = build_datasets(plan, cfg.model.seq_len, t.seed, t.max_steps * t.global_batch_size)
     batches = dict(
         global_batch=t.global_batch_size,
@@ -96,7 +135,7 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
         vocab_size=tokenizer.vocab_size,
     )
     meter = _meter(cfg, vocab, layout.world_size, plan, log)
-    sinks = Sinks(cfg.logging, run_dir, t.max_steps, state.step, dataclasses.asdict(cfg)) if ranks.is_main else None
+    sinks = _sinks(cfg, run_dir, state, vocab, layout) if ranks.is_main else None
     train_batches = Prefetched(Batches(train_ds, **batches))
     loss_fn = functools.partial(lm_loss, tp=tensor_parallel_plan(cfg.parallel, ranks))
     trainer = Trainer(
@@ -121,6 +160,20 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
         if sinks:
             sinks.close()
     return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, vocab, log)
+
+
+def _sinks(cfg: Config, run_dir: Path, state: TrainState, vocab: Vocab, layout) -> Sinks:
+    """Rank 0's metric sinks; wandb gets the whole resolved config, the layout and the model size."""
+    params = parameter_count(cfg.model, vocab.padded)
+    tags = (
+        cfg.model.name,
+        f"tp{layout.tensor}-pp{layout.pipeline}-dp{layout.data}",
+        f"zero{cfg.parallel.zero_stage}",
+        cfg.precision.dtype,
+    )
+    run_config = {**dataclasses.asdict(cfg), "layout": dataclasses.asdict(layout), "parameters": params}
+    t = cfg.trainer
+    return Sinks(cfg.logging, run_dir, t.max_steps, state.step, run_config, cfg.run.name, tags, cfg.model.seq_len)
 
 
 def _meter(cfg: Config, vocab: Vocab, devices: int, plan: DataPlan, log) -> Meter:
@@ -166,8 +219,8 @@ def _finish(cfg: Config, run_dir: Path, ranks: Ranks, engine, trainer: Trainer, 
     }
     if trainer.interrupted:
         log(
-            f"stopped by a signal after step {state.step}; the checkpoint is saved: relaunch the same "
-            "command to continue"
+            f"stopped by a signal after step {state.step}; the checkpoint is saved in {trainer.checkpointer.root}: "
+            f"relaunch the same command (run.name={cfg.run.name}) to continue"
         )
         return summary
     if t.eval_full_split_at_end:
@@ -212,25 +265,12 @@ def _sample(cfg: Config, engine, ranks: Ranks, tokenizer, vocab: Vocab) -> str:
 
 def _plan_on_one_rank(data: DataConfig, seq_len: int, ranks: Ranks, log) -> DataPlan:
     """Local rank 0 prepares the built-in corpora (once per node) or checks the prepared prefixes;
-    the others wait, then open the cached result without re-checking.
-
-    A failure on the preparing rank is sent to every rank so all of them stop with its message
-    instead of waiting forever at the barrier.
-    """
+    the others then open the cached result without re-checking. A failure stops every rank."""
 
     def plan(first: bool) -> DataPlan:
         if data.source == "prepared":
             return plan_prepared(data, seq_len, cache_root(data) / "index-cache", check=first)
         return plan_builtin(prepare(data, log=log if first else lambda *a: None), seq_len)
 
-    error, result = None, None
-    if ranks.local_rank == 0:
-        try:
-            result = plan(first=True)
-        except (DataError, ConfigError, OSError) as err:
-            error = f"{type(err).__name__}: {err}"
-    verdict = [error]
-    torch.distributed.broadcast_object_list(verdict, src=0)
-    if verdict[0]:
-        raise DataError(verdict[0].split(": ", 1)[-1])
-    return result or plan(first=False)
+    first = ranks.local_rank == 0
+    return _all_or_none(ranks, lambda: plan(first=True), first, DataError) or plan(first=False)

@@ -174,13 +174,30 @@ class LoggingConfig:
     progress_bar: bool = True
     jsonl: bool = True
     tensorboard: bool = True
-    wandb: bool = False  # offline when no WANDB_API_KEY is set
+    wandb: bool = False
+    # auto: online when wandb finds a key (WANDB_API_KEY or `wandb login`), else offline
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     wandb_project: str = "bigtrain"
+    wandb_entity: Optional[str] = None
+    wandb_group: Optional[str] = None
+    wandb_name: Optional[str] = None  # None: run.name
+    wandb_tags: tuple[str, ...] = ()  # added to the automatic ones: model, layout, precision
     peak_tflops: Optional[float] = None  # None: GPU datasheet table, or measured once on CPU
 
 
 @dataclass(frozen=True)
+class RunConfig:
+    """The run's identity across restarts: its directory is <root>/<name>, and relaunching the same
+    name resumes from its latest complete checkpoint."""
+
+    name: str = "tiny-stdlib"  # presets: the sbatch job name, else <model.name>-<data.name>
+    root: str = "outputs"
+    fresh: bool = False  # start over under an existing name; the old files move to replaced-<time>/
+
+
+@dataclass(frozen=True)
 class Config:
+    run: RunConfig = field(default_factory=RunConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)

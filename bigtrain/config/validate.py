@@ -96,6 +96,9 @@ def validate(cfg: Config, world_size: int | None = None) -> Layout:
             f"micro_batch_size × data_parallel = {t.micro_batch_size}×{dp}: "
             f"use a multiple of {per_step}"
         )
+    name = cfg.run.name
+    if not name.strip() or name.startswith("/") or ".." in name.split("/"):
+        raise ConfigError(f"run.name={name!r} must be a relative name inside run.root: pass run.name=<name>")
     if cfg.data.source == "text" and not cfg.data.path:
         raise ConfigError("data.source=text needs data.path: pass data.path=/path/to/corpus.txt")
     if cfg.data.source == "prepared" and not parse_blend(cfg.data.blend, "data.blend"):

@@ -1,12 +1,14 @@
-"""The real launchers on CPU: deepspeed (the main path), torchrun and plain python."""
+"""The real launchers on CPU: deepspeed (the main path); torchrun and plain python are in test_relaunch.py."""
 
 import json
 import math
 import shutil
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
+from tests.helpers.wandb_file import history, run_id
 
 pytestmark = pytest.mark.e2e
 
@@ -61,16 +63,6 @@ def test_deepspeed_launcher_trains_tiny_model(corpus, cache_dir, tmp_path):
     assert "validation loss" in proc.stdout and "perplexity" in proc.stdout
 
 
-@pytest.mark.parametrize("launcher", ["torchrun", "python"])
-def test_other_launchers(launcher, corpus, cache_dir, tmp_path):
-    run_dir = tmp_path / launcher
-    prefix = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "1"] if launcher == "torchrun" else [PYTHON]
-    proc = launch([*prefix, "launch/pretrain.py", *tiny_args(corpus, run_dir, 3)], ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert [r["step"] for r in read_metrics(run_dir)] == [1, 2, 3]
-    assert (run_dir / "checkpoints" / "step_00000003").is_dir()
-
-
 def test_config_error_is_one_line_before_any_process_group(tmp_path):
     proc = launch([PYTHON, "launch/pretrain.py", f"hydra.run.dir={tmp_path}", "model.n_heads=3"], ROOT, timeout=120)
     assert proc.returncode == 2
@@ -89,12 +81,41 @@ def test_missing_corpus_is_a_clear_error(tmp_path):
     assert "does not exist or is not a file: pass an existing text file" in proc.stderr
 
 
-def test_wandb_offline_and_tensorboard(corpus, cache_dir, tmp_path):
+def test_wandb_offline_and_tensorboard_follow_a_resumed_run(corpus, cache_dir, tmp_path):
+    """No key: wandb logs offline and says how to sync. Read back with the run file's own records
+    and TensorBoard's event reader: dashboard names, the values of metrics.jsonl, one wandb run id
+    across a stop and a relaunch."""
     run_dir = tmp_path / "run"
-    env = {"WANDB_API_KEY": "", "WANDB_SILENT": "true"}
-    proc = launch([PYTHON, "launch/pretrain.py", *tiny_args(corpus, run_dir, 3, ["logging.wandb=true"])], ROOT, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    offline = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert offline and offline[0].stat().st_size > 0
-    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert events and events[0].stat().st_size > 100
+    env = {"WANDB_API_KEY": "", "NETRC": str(tmp_path / "no-netrc"), "WANDB_SILENT": "true"}
+    args = [
+        PYTHON,
+        "launch/pretrain.py",
+        *tiny_args(corpus, run_dir, 4, ["logging.wandb=true", "trainer.eval_interval=2"]),
+    ]
+    stopped = launch(args, ROOT, env={**env, "BIGTRAIN_FAULT": "after_step:2"})
+    assert stopped.returncode == 75, stopped.stdout[-2000:] + stopped.stderr[-3000:]
+    assert "logging offline; upload later with wandb sync" in stopped.stdout
+    resumed = launch(args, ROOT, env=env)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    rows = {r["step"]: r for r in read_metrics(run_dir)}
+    assert sorted(rows) == [1, 2, 3, 4]
+
+    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2  # one per launch, both the same wandb run
+    kept = (run_dir / "wandb_run_id").read_text().strip()
+    assert [run_id(f) for f in files] == [kept, kept]
+    logged = [h for f in files for h in history(f) if "train/loss" in h]
+    assert [h["train/step"] for h in logged] == [1, 2, 3, 4]
+    for h in logged:
+        row = rows[h["train/step"]]
+        assert h["train/loss"] == pytest.approx(row["loss"]) and h["perf/mfu"] == pytest.approx(row["mfu"])
+        assert h["train/tokens"] == row["consumed_samples"] * 64  # model.seq_len: the x axis
+    assert [h["val/loss"] for h in logged if "val/loss" in h] == pytest.approx(
+        [rows[2]["val_loss"], rows[4]["val_loss"]]
+    )
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    assert {"train/loss", "val/loss", "perf/tokens_per_sec", "train/tokens"} <= set(events.Tags()["scalars"])
+    losses = {e.step: e.value for e in events.Scalars("train/loss")}
+    assert sorted(losses) == [1, 2, 3, 4]
+    assert all(losses[s] == pytest.approx(rows[s]["loss"], rel=1e-6) for s in losses)

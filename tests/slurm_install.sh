@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Debian's Slurm and munge, for the Slurm tests (tests/e2e/test_slurm.py). Needs root and apt;
+# without them it says so and the Slurm tests skip. Idempotent: nothing happens when installed.
+set -uo pipefail
+if command -v slurmctld >/dev/null && command -v munged >/dev/null; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+  echo "tests/slurm_install.sh: not root or no apt-get: the Slurm tests will skip" >&2
+  exit 0
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q >/dev/null && apt-get install -y -q slurm-wlm munge >/dev/null \
+  || echo "tests/slurm_install.sh: apt-get install slurm-wlm munge failed: the Slurm tests will skip" >&2
