@@ -65,7 +65,8 @@ def plan_builtin(prepared: Prepared, seq_len: int) -> DataPlan:
         cache=prepared.root / "index-cache",
         description=prepared.meta["corpus"],
     )
-    _refuse_short(plan, seq_len, fix="use a larger corpus, lower model.seq_len, or change data.val_fraction")
+    fix = "use a larger corpus, lower model.seq_len, or change data.val_fraction"
+    _refuse_short(plan, seq_len, {"train": fix, "val": fix})
     return plan
 
 
@@ -92,10 +93,12 @@ def plan_prepared(cfg: DataConfig, seq_len: int, cache: Path, check: bool = True
         train_c = _components(train, [_total(opened[s.prefix]) for s in train])
         val_c = _components(valid, [_total(opened[s.prefix]) for s in valid])
     plan = DataPlan(tokenizer, train_c, val_c, split, cache, _describe(train_c, val_c, split))
-    fix = "give it more data, lower model.seq_len, " + (
-        "or raise data.val_fraction" if split else "or remove it from the blend"
-    )
-    _refuse_short(plan, seq_len, fix)
+    more = "give it more data, lower model.seq_len, or "
+    if split:
+        fixes = {"train": more + "lower data.val_fraction", "val": more + "raise data.val_fraction"}
+    else:
+        fixes = {"train": more + "remove it from data.blend", "val": more + "remove it from data.valid_blend"}
+    _refuse_short(plan, seq_len, fixes)
     return plan
 
 
@@ -209,14 +212,14 @@ def _split_tokens(dataset: IndexedDataset, matrix) -> list[int]:
     return counts
 
 
-def _refuse_short(plan: DataPlan, seq_len: int, fix: str) -> None:
+def _refuse_short(plan: DataPlan, seq_len: int, fix: dict[str, str]) -> None:
     """megatron-core's GPTDataset loops forever on fewer tokens than one sample: refuse first."""
     for split in ("train", "val"):
         for c in getattr(plan, split):
             if c.tokens < seq_len + 1:
                 raise DataError(
                     f"the {split} split of {c.prefix} has {c.tokens:,} tokens, fewer than model.seq_len + 1 = "
-                    f"{seq_len + 1}: {fix}"
+                    f"{seq_len + 1}: {fix[split]}"
                 )
 
 

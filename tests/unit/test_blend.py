@@ -195,9 +195,10 @@ def test_hostile_prefixes_get_one_line_errors(prefixes, tmp_path):
     builder = IndexedDatasetBuilder(f"{small}.bin", dtype=np.uint16)
     builder.add_document(np.array([5, 6, 7, EOD], dtype=np.uint16), [4])
     builder.finalize(f"{small}.idx")
-    refused([1, a, 1, str(small)], r"train split of .*small has \d+ tokens, fewer than model.seq_len \+ 1 = 17")
+    short = r"train split of .*small has \d+ tokens, fewer than model.seq_len \+ 1 = 17: .*lower data.val_fraction"
+    refused([1, a, 1, str(small)], short)
     refused([a], r"val split of .*a has \d+ tokens, fewer than .*raise data.val_fraction", val_fraction=0.001)
-    refused([a], r"the val split of .*small has 4 tokens", valid_blend=(str(small),))
+    refused([a], r"the val split of .*small has 4 tokens.*remove it from data.valid_blend", valid_blend=(str(small),))
 
 
 def with_tokenizer(prefix: Path, tokenizer: Path) -> DataConfig:
