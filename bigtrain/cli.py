@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from bigtrain import launcher
 from bigtrain.config.hydra import CONF_PACKAGE, to_config  # light: no DeepSpeed, megatron or torch
-from bigtrain.process import setup_process
+from bigtrain.process import setup_process, wants_verbose
 
 
 def split_local_rank(argv: list[str]) -> tuple[list[str], str | None]:
@@ -41,7 +41,7 @@ def pretrain() -> None:
     except launcher.LaunchError as err:
         print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
-    setup_process(local_rank)
+    setup_process(local_rank, verbose=wants_verbose(sys.argv))
     from bigtrain.run import main  # noqa: PLC0415  (after setup_process, see the module docstring)
 
     @hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base=None)

@@ -1,18 +1,24 @@
 """Fault injection for tests, behind one hook: production code calls `fault_point(where, step)`.
 
-`BIGTRAIN_FAULT=<where>:<step>` arms exactly one fault; without it every call returns at once.
-Tests drive the real preemption and crash paths with it, at deterministic points:
+`BIGTRAIN_FAULT=<where>:<step>` arms exactly one fault (`<where>:*` at any step); without it every
+call returns at once. Tests drive the real preemption and crash paths with it, at deterministic
+points:
 
     after_step:N      rank 0 sends itself SIGTERM after optimizer step N (preemption: the run saves
                       a checkpoint and exits 75)
     before_publish:N  rank 0 dies (exit 17) after every rank wrote checkpoint N, before it is
                       renamed into place (a crash mid-save: resume must use the previous one)
+    slow_exit:N       after a signal stopped the run at step N and its checkpoint is saved, the
+                      last rank lingers 10 s before exiting (srun --kill-on-bad-exit then kills it
+                      once rank 0 has exited 75, if Slurm's KillWait is shorter, and reports the
+                      kill instead of 75)
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 import torch
 
@@ -21,11 +27,16 @@ CRASH_EXIT = 17
 
 
 def fault_point(where: str, step: int) -> None:
-    if os.environ.get(ENV) != f"{where}:{step}" or torch.distributed.get_rank() != 0:
+    if os.environ.get(ENV) not in (f"{where}:{step}", f"{where}:*"):
         return
-    if where == "after_step":
+    last = torch.distributed.get_world_size() - 1
+    if torch.distributed.get_rank() != (last if where == "slow_exit" else 0):
+        return
+    if where == "slow_exit":
+        time.sleep(10)
+    elif where == "after_step":
         os.kill(os.getpid(), signal.SIGTERM)
     elif where == "before_publish":
         os._exit(CRASH_EXIT)
     else:
-        raise ValueError(f"{ENV}={where}:{step}: unknown fault point (after_step, before_publish)")
+        raise ValueError(f"{ENV}={where}:{step}: unknown fault point (after_step, before_publish, slow_exit)")

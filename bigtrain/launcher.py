@@ -65,12 +65,13 @@ def detect(env: Mapping[str, str] = os.environ) -> Launch:
 
 
 def export(launch: Launch, env=os.environ) -> None:
-    """Write the torch.distributed variables a launcher did not (python, srun, mpirun)."""
+    """Write the torch.distributed variables a launcher did not (python, srun, mpirun). They
+    replace any inherited from the shell (a stale LOCAL_RANK=0 would contradict mpirun's local
+    rank); MASTER_ADDR/MASTER_PORT set by the user were already read into `launch`."""
     if launch.launcher == "python":
         env.setdefault("LOCAL_RANK", str(launch.local_rank))
         return
-    for key, value in launch.environment().items():
-        env.setdefault(key, value)
+    env.update(launch.environment())
 
 
 def _torch_style(env: Mapping[str, str]) -> Launch:

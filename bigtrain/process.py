@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import traceback
 import warnings
 
 _done = False
+# The libraries whose INFO lines flood a console: quiet unless logging.verbose=true.
+LIBRARY_LOGGERS = ("megatron", "megatron_fsdp", "compilers", "DeepSpeed", "torch.distributed")
 
 
-def setup_process(local_rank: str | None = None) -> None:
+def setup_process(local_rank: str | None = None, verbose: bool = False) -> None:
     """Idempotent: a second call (tests, notebooks) does nothing. `local_rank`: the launcher's
-    `--local_rank` argument, if it passed one."""
+    `--local_rank` argument, if it passed one; `verbose`: logging.verbose, when the command line
+    already says so (run() applies the resolved config's value again)."""
     global _done
     if _done:
         return
@@ -34,9 +39,10 @@ def setup_process(local_rank: str | None = None) -> None:
     # megatron-core warns on import that Transformer Engine and Apex are absent; bigtrain uses
     # neither, so the warning says nothing to a bigtrain user.
     warnings.filterwarnings("ignore", message="Transformer Engine and Apex are not installed")
-    # megatron-core's dataset builder and DeepSpeed's op probes log at INFO: keep warnings only.
-    for name in ("megatron", "compilers", "DeepSpeed", "torch.distributed"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    set_verbosity(verbose)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        sys.excepthook = _prefixed_excepthook(rank)
     if not cuda:
         _share_cores()
         # DeepSpeed compiles a shared-memory collective with g++ (~60 s) on first use; gloo is
@@ -49,6 +55,43 @@ def setup_process(local_rank: str | None = None) -> None:
 
         cpu_compat.apply()
     _done = True
+
+
+def set_verbosity(verbose: bool) -> None:
+    """Only rank 0 talks. Quiet (the default): the libraries' INFO lines (megatron-core's dataset
+    builder, DeepSpeed's engine and op probes, megatron-FSDP) are dropped on rank 0, and other
+    ranks show only errors. Verbose: every rank shows the libraries' INFO lines and warnings."""
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.INFO if verbose else (logging.WARNING if rank == 0 else logging.ERROR)
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    if not verbose and rank != 0:
+        warnings.filterwarnings("ignore")
+
+
+def wants_verbose(argv: list[str]) -> bool:
+    """logging.verbose=true among the command line's overrides (read before Hydra runs, so that
+    the libraries' import-time lines follow it too)."""
+    return any(arg.lower() in ("logging.verbose=true", "logging.verbose=1", "logging.verbose=yes") for arg in argv)
+
+
+def rank_prefix(rank: int) -> str:
+    """What a non-zero rank puts before its error lines; rank 0's lines carry none."""
+    return f"[rank {rank}] " if rank else ""
+
+
+def with_rank(rank: int, text: str) -> str:
+    """`text` (a traceback, say) with the rank's prefix on every line."""
+    return "\n".join(rank_prefix(rank) + line for line in text.splitlines())
+
+
+def _prefixed_excepthook(rank: int):
+    """An uncaught exception on a non-zero rank: its traceback with the rank on every line."""
+
+    def hook(kind, value, tb) -> None:
+        print(with_rank(rank, "".join(traceback.format_exception(kind, value, tb))), file=sys.stderr, flush=True)
+
+    return hook
 
 
 def _share_cores() -> None:

@@ -7,7 +7,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -19,6 +22,7 @@ from bigtrain.data.blend import DataPlan, plan_builtin, plan_prepared
 from bigtrain.data.corpus import DataError
 from bigtrain.data.dataset import Batches, Prefetched, build_datasets
 from bigtrain.data.prepare import cache_root, prepare
+from bigtrain.faults import fault_point
 from bigtrain.metrics.peak import peak_tflops
 from bigtrain.metrics.sinks import Sinks
 from bigtrain.metrics.throughput import Meter, peak_memory_gb
@@ -30,29 +34,54 @@ from bigtrain.parallel import state as pstate
 from bigtrain.parallel.engine import build_engine
 from bigtrain.parallel.pipeline import pipeline_logits
 from bigtrain.parallel.state import Ranks, seed_everything, tensor_parallel_plan
+from bigtrain.process import rank_prefix, set_verbosity, with_rank
 from bigtrain.train import consolidated
-from bigtrain.train.checkpoint import Checkpointer, CheckpointError
+from bigtrain.train.checkpoint import Checkpointer, CheckpointError, latest_checkpoint, read_meta
 from bigtrain.train.loop import Trainer, TrainState
 from bigtrain.train.rundir import RunDirError, RunLock, set_aside
 from bigtrain.train.sample import evaluating, generate, last_logits
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving; relaunch to continue
+# Written into the run directory when a signal stopped the run after its checkpoint was saved. A
+# job script reads it rather than the launcher's exit status alone: srun --kill-on-bad-exit may
+# kill the last ranks while they exit 75, and then reports the kill instead.
+STOPPED_FILE = "stopped.json"
 
 
 def main(tree, run_dir: str) -> int:
-    """Entry point behind `bigtrain-pretrain`: typed config errors become one line and exit code 2."""
+    """Entry point behind `bigtrain-pretrain`: typed config errors become one line and exit code 2.
+    An error every rank reached alike is printed by rank 0 only; one of a single rank carries its
+    rank."""
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        cfg = to_config(tree)
+        try:
+            cfg = to_config(tree)
+        except ConfigError as err:
+            raise _on_every_rank(err) from None
         summary = run(cfg, Path(run_dir))
     except (ConfigError, DataError, CheckpointError, ExportError, RunDirError) as err:
-        print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
+        if rank == 0 or not getattr(err, "on_every_rank", False):
+            print(f"{rank_prefix(rank)}bigtrain: error: {err}", file=sys.stderr, flush=True)
         return 2
+    except Exception:  # a bug or a library's failure: the whole traceback, with the rank on each line
+        print(with_rank(rank, traceback.format_exc()), file=sys.stderr, flush=True)
+        return 1
     return EXIT_INTERRUPTED if summary.get("interrupted") else 0
+
+
+def _on_every_rank(err: Exception) -> Exception:
+    """Mark an error that every rank raises identically (rank 0 alone reports it)."""
+    err.on_every_rank = True
+    return err
 
 
 def run(cfg: Config, run_dir: Path) -> dict:
     """Train as configured; returns the final summary (validation loss, perplexity, sample)."""
-    layout = validate(cfg)  # before any process group
+    try:
+        layout = validate(cfg)  # before any process group
+    except ConfigError as err:
+        raise _on_every_rank(err) from None
+    set_verbosity(cfg.logging.verbose)
     ranks = pstate.init_distributed(layout)
     log = print if ranks.is_main else (lambda *a, **k: None)
     lock = RunLock(run_dir)
@@ -67,6 +96,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
 def _claim(cfg: Config, run_dir: Path, lock: RunLock, log) -> None:
     """Rank 0: lock the run directory for this job; with run.fresh, set the previous run aside."""
     lock.acquire()
+    (run_dir / STOPPED_FILE).unlink(missing_ok=True)
     if cfg.run.fresh:
         aside = set_aside(run_dir, _ckpt_root(cfg, run_dir))
         if aside:
@@ -90,7 +120,7 @@ def _all_or_none(ranks: Ranks, work, runs_here: bool, kind: type[Exception]):
     torch.distributed.all_gather_object(errors, error)
     first = next((e for e in errors if e), None)
     if first:
-        raise kind(first)
+        raise _on_every_rank(kind(first))
     return result
 
 
@@ -108,6 +138,15 @@ def model_vocab(model: ModelConfig, tokenizer_vocab: int, tp_size: int) -> Vocab
 
 def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     t, layout = cfg.trainer, ranks.layout
+    latest = latest_checkpoint(_ckpt_root(cfg, run_dir))
+    done = read_meta(latest)["step"] if latest else 0
+    if done >= t.max_steps:  # before any data or model is built
+        log(
+            f"run {cfg.run.name} is already complete at step {done} ({run_dir}): raise trainer.max_steps to "
+            "train on, pass another run.name for a new run, or run.fresh=true to start this one over"
+        )
+        summary = run_dir / "summary.json"
+        return json.loads(summary.read_text()) if summary.is_file() else {"step": done, "interrupted": False}
     plan = _plan_on_one_rank(cfg.data, cfg.model.seq_len, ranks, log)
     tokenizer = plan.tokenizer
     vocab = model_vocab(cfg.model, tokenizer.vocab_size, layout.tensor)
@@ -119,13 +158,6 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     if resumed is None and cfg.model.init_from:
         _import_weights(cfg.model, engine, ranks, vocab, log)
     state = TrainState(resumed["step"], resumed["consumed_samples"]) if resumed else TrainState()
-    if state.step >= t.max_steps:
-        log(
-            f"run {cfg.run.name} is already complete at step {state.step} ({run_dir}): raise trainer.max_steps to "
-            "train on, pass another run.name for a new run, or run.fresh=true to start this one over"
-        )
-        summary = run_dir / "summary.json"
-        return json.loads(summary.read_text()) if summary.is_file() else {"step": state.step, "interrupted": False}
     train_ds, val_ds = build_datasets(plan, cfg.model.seq_len, t.seed, t.max_steps * t.global_batch_size)
     batches = dict(
         global_batch=t.global_batch_size,
@@ -134,8 +166,9 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
         dp_rank=ranks.dp,
         vocab_size=tokenizer.vocab_size,
     )
-    meter = _meter(cfg, vocab, layout.world_size, plan, log)
-    sinks = _sinks(cfg, run_dir, state, vocab, layout) if ranks.is_main else None
+    params = parameter_count(cfg.model, vocab.padded)
+    meter = _meter(cfg, vocab, params, layout.world_size, plan, log)
+    sinks = _sinks(cfg, run_dir, state, params, layout) if ranks.is_main else None
     train_batches = Prefetched(Batches(train_ds, **batches))
     loss_fn = functools.partial(lm_loss, tp=tensor_parallel_plan(cfg.parallel, ranks))
     trainer = Trainer(
@@ -162,9 +195,8 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, vocab, log)
 
 
-def _sinks(cfg: Config, run_dir: Path, state: TrainState, vocab: Vocab, layout) -> Sinks:
+def _sinks(cfg: Config, run_dir: Path, state: TrainState, params: int, layout) -> Sinks:
     """Rank 0's metric sinks; wandb gets the whole resolved config, the layout and the model size."""
-    params = parameter_count(cfg.model, vocab.padded)
     tags = (
         cfg.model.name,
         f"tp{layout.tensor}-pp{layout.pipeline}-dp{layout.data}",
@@ -176,11 +208,11 @@ def _sinks(cfg: Config, run_dir: Path, state: TrainState, vocab: Vocab, layout) 
     return Sinks(cfg.logging, run_dir, t.max_steps, state.step, run_config, cfg.run.name, tags, cfg.model.seq_len)
 
 
-def _meter(cfg: Config, vocab: Vocab, devices: int, plan: DataPlan, log) -> Meter:
+def _meter(cfg: Config, vocab: Vocab, params: int, devices: int, plan: DataPlan, log) -> Meter:
     t = cfg.trainer
     peak = peak_tflops(cfg.precision.dtype, cfg.logging.peak_tflops)
     log(
-        f"model: {cfg.model.name}, {parameter_count(cfg.model, vocab.padded):,} parameters, vocab {vocab.size}; "
+        f"model: {cfg.model.name}, {params:,} parameters, vocab {vocab.size}; "
         f"data: {plan.description} ({plan.tokens('train'):,} train / "
         f"{plan.tokens('val'):,} val tokens); MFU peak: {_tflops(peak.tflops)} TFLOP/s ({peak.source})"
     )
@@ -218,6 +250,11 @@ def _finish(cfg: Config, run_dir: Path, ranks: Ranks, engine, trainer: Trainer, 
         "mfu_peak_source": trainer.meter.peak.source,
     }
     if trainer.interrupted:
+        if ranks.is_main:
+            stopped = {"step": state.step, "checkpoints": str(trainer.checkpointer.root), "time": time.time()}
+            (run_dir / STOPPED_FILE).write_text(json.dumps(stopped))
+        torch.distributed.barrier()
+        fault_point("slow_exit", state.step)
         log(
             f"stopped by a signal after step {state.step}; the checkpoint is saved in {trainer.checkpointer.root}: "
             f"relaunch the same command (run.name={cfg.run.name}) to continue"

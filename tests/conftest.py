@@ -50,8 +50,17 @@ def world1():
     return ranks
 
 
+def pytest_addoption(parser):
+    parser.addoption("--bf16-all", action="store_true", help="bf16 parity on every layout, not one per bf16 path")
+
+
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests run only where CUDA is present."""
+    """`gpu` tests run only where CUDA is present; `bf16_all` cases only with --bf16-all."""
+    if not config.getoption("--bf16-all"):
+        extra = [item for item in items if "bf16_all" in item.keywords]
+        if extra:
+            config.hook.pytest_deselected(items=extra)
+            items[:] = [item for item in items if "bf16_all" not in item.keywords]
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

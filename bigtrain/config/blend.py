@@ -40,11 +40,9 @@ def parse_blend(items: tuple, key: str) -> tuple[Source, ...]:
 def _weight(item) -> float | None:
     if isinstance(item, bool):
         return None
-    if isinstance(item, (int, float)):
-        return float(item)
     try:
         return float(item)
-    except ValueError:
+    except (TypeError, ValueError):
         return None
 
 

@@ -27,11 +27,16 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
 
 # One task per slot of the allocation (--ntasks-per-node: GPUs per node, or CPU ranks without
 # GPUs); bigtrain reads SLURM_PROCID / SLURM_STEP_NUM_TASKS / SLURM_LOCALID itself.
+# A rank that dies takes the others down at once (--kill-on-bad-exit) instead of leaving them
+# waiting in a collective.
+stopped="$run_root/$run_name/stopped.json"
+rm -f "$stopped"
 # shellcheck disable=SC2086  # BIGTRAIN_CMD is a command line
 srun --kill-on-bad-exit=1 ${BIGTRAIN_CMD:-python launch/pretrain.py} "$@"
 status=$?
-if [ "$status" -eq 75 ]; then
-  # --signal (time limit near, or preemption): bigtrain saved a checkpoint and exited 75.
+if [ "$status" -eq 75 ] || [ -f "$stopped" ]; then
+  # --signal (time limit near, or preemption): bigtrain saved a checkpoint, wrote stopped.json
+  # and exited 75 (srun may report the kill of a slower rank instead, hence the file).
   echo "bigtrain: checkpoint saved after a signal; requeueing job $SLURM_JOB_ID to resume"
   scontrol requeue "$SLURM_JOB_ID"
   exit 0

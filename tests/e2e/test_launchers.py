@@ -7,7 +7,7 @@ import shutil
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
+from tests.helpers.launch import PYTHON, ROOT, free_port, launch, read_metrics
 from tests.helpers.wandb_file import history, run_id
 
 pytestmark = pytest.mark.e2e
@@ -39,8 +39,13 @@ def test_deepspeed_launcher_trains_tiny_model(corpus, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
     deepspeed = shutil.which("deepspeed")
     assert deepspeed, "the deepspeed launcher is installed with the package"
-    proc = launch([deepspeed, "--num_gpus", "1", "launch/pretrain.py", *tiny_args(corpus, run_dir, 50)], ROOT)
+    # the README's command: the launcher's own INFO banner off (--log_level=warning)
+    command = [deepspeed, "--log_level=warning", "--num_gpus", "1", "launch/pretrain.py"]
+    proc = launch([*command, *tiny_args(corpus, run_dir, 50)], ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Only bigtrain talks: no library INFO line (DeepSpeed's engine, megatron-core's datasets)
+    console = proc.stdout + proc.stderr
+    assert "INFO" not in console and "Megatron-FSDP" not in console and "Warning" not in console, console[-3000:]
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(1, 51))
     for row in rows:
@@ -71,14 +76,15 @@ def test_config_error_is_one_line_before_any_process_group(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_missing_corpus_is_a_clear_error(tmp_path):
-    proc = launch(
-        [PYTHON, "launch/pretrain.py", f"hydra.run.dir={tmp_path}", "data=text", f"data.path={tmp_path}/nope.txt"],
-        ROOT,
-        timeout=180,
-    )
+def test_missing_corpus_is_a_clear_error_printed_once(tmp_path):
+    """On 2 ranks: every rank stops with exit code 2, and rank 0 alone prints the line."""
+    command = [shutil.which("deepspeed"), "--log_level=warning", "--num_gpus", "2", "--master_port", str(free_port())]
+    args = ["launch/pretrain.py", f"hydra.run.dir={tmp_path}", "data=text", f"data.path={tmp_path}/nope.txt"]
+    proc = launch([*command, *args], ROOT, timeout=180)
     assert proc.returncode == 2
-    assert "does not exist or is not a file: pass an existing text file" in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("bigtrain: error: "), proc.stderr[-3000:]
+    assert "does not exist or is not a file: pass an existing text file" in errors[0]
 
 
 def test_wandb_offline_and_tensorboard_follow_a_resumed_run(corpus, cache_dir, tmp_path):

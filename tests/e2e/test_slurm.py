@@ -1,14 +1,15 @@
 """launch/slurm/ on a real one-node Slurm: a 2-task job trains one 2-rank run (the same losses as
-the deepspeed launcher), and a job signalled as on preemption checkpoints, requeues itself and
-resumes to the losses of an uninterrupted run."""
+the deepspeed launcher and as mpirun), and a job signalled as on preemption checkpoints, requeues
+itself and resumes to the losses of an uninterrupted run."""
 
 import json
+import shutil
 import subprocess
 import time
 
 import pytest
 
-from tests.helpers.launch import ROOT, deepspeed_command, launch, read_metrics
+from tests.helpers.launch import PYTHON, ROOT, deepspeed_command, free_port, launch, read_metrics
 from tests.helpers.slurm import start_cluster, stop_cluster, wait_finished, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
@@ -38,8 +39,10 @@ def slurm(tmp_path_factory):
 
 
 def sbatch(env, name: str, root, corpus, wait: bool) -> subprocess.CompletedProcess:
-    """Submit launch/slurm/pretrain.sbatch with 2 CPU tasks, as its header's comment shows."""
+    """Submit launch/slurm/pretrain.sbatch with 2 CPU tasks, as its header's comment shows (the
+    job takes the environment `env`)."""
     args = ["sbatch", "--parsable", f"--job-name={name}", "--gpus-per-node=0", "--ntasks-per-node=2"]
+    args += [f"--output={root}/slurm-%x-%j.out"]  # not into the checkout
     args += ["--cpus-per-task=1", *(["--wait"] if wait else []), "launch/slurm/pretrain.sbatch"]
     args += [f"run.root={root}", f"data.path={corpus}", *ARGS]
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -72,7 +75,9 @@ def test_two_task_job_trains_one_two_rank_run(srun_run, corpus, tmp_path):
 
 
 def test_preempted_job_checkpoints_requeues_and_resumes(slurm, srun_run, corpus, tmp_path):
-    proc = sbatch(slurm, "preempted", tmp_path, corpus, wait=False)
+    # Rank 1 exits 10 s after rank 0, so srun --kill-on-bad-exit kills it (KillWait=2) and reports
+    # the kill instead of 75: the script must requeue by bigtrain's stopped.json.
+    proc = sbatch({**slurm, "BIGTRAIN_FAULT": "slow_exit:*"}, "preempted", tmp_path, corpus, wait=False)
     assert proc.returncode == 0, proc.stderr
     job, run = proc.stdout.strip().split(";")[0], tmp_path / "preempted"
     deadline = time.time() + 300
@@ -83,15 +88,38 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm, srun_run, corpus,
     subprocess.run(["scancel", "--signal=USR1", job], env=slurm, check=True, timeout=60)
     # The job checkpoints, exits 75 and requeues itself. Slurm holds a requeued job about two
     # minutes (its begin time); the test lets it start at once.
-    wait_for(job, slurm, 120, lambda info: info["JobState"] == "PENDING" and info.get("Reason") == "BeginTime")
+    log_file = run / f"slurm-{job}.out"
+    requeued = wait_for(job, slurm, 120, lambda info: info["JobState"] == "PENDING", log_file)
+    assert (run / "stopped.json").is_file() and requeued.get("Reason") == "BeginTime", requeued
+    # slurmd refuses a job credential issued in the second it revoked the job's previous one
+    # ("Job credential revoked"); Slurm's own hold of the requeue avoids that, so wait it out here.
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm, timeout=60, check=True)
-    info = wait_finished(job, slurm, timeout=600)
-    log = (run / f"slurm-{job}.out").read_text()
+    info = wait_finished(job, slurm, timeout=600, log=log_file)
+    log = log_file.read_text()
     assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log[-3000:]
     assert "requeueing job" in log and f"job {job} restart 1" in log, log[-3000:]
+    first = log.split("requeueing job")[0]
+    assert "task 0: Exited with exit code 75" in first and "task 1: Killed" in first, first[-3000:]
     stopped_at = int(log.split("stopped by a signal after step ")[1].split(";")[0])
     assert 3 <= stopped_at < STEPS and f"at step {stopped_at} " in log and "resuming from" in log
+    assert not (run / "stopped.json").exists()  # the resumed run took it away
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     whole = read_metrics(srun_run[0])
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in whole], rel=1e-6)
+
+
+def test_mpirun_two_ranks_train_one_run(srun_run, corpus, tmp_path):
+    """mpirun's OMPI_* variables make one 2-rank world, which trains exactly like the srun job."""
+    mpirun = shutil.which("mpirun")
+    if not mpirun:
+        pytest.skip("Open MPI is not installed: run tests/slurm_install.sh as root")
+    command = [mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2", "-x", "MASTER_ADDR=127.0.0.1"]
+    command += ["-x", f"MASTER_PORT={free_port()}", PYTHON, "launch/pretrain.py", f"data.path={corpus}"]
+    proc = launch([*command, f"hydra.run.dir={tmp_path / 'mpi'}", *ARGS], ROOT)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "layout: world 2 = tensor 1 × pipeline 1 × data 2" in proc.stdout
+    rows, theirs = read_metrics(tmp_path / "mpi"), read_metrics(srun_run[0])
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in theirs], rel=1e-6)

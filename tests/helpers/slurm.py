@@ -36,6 +36,7 @@ SlurmdPort={port2}
 ReturnToService=2
 MpiDefault=none
 JobRequeue=1
+KillWait=2
 NodeName={host} CPUs={cpus} State=UNKNOWN
 PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE
 """
@@ -86,17 +87,22 @@ def job_info(job: str, env: dict) -> dict:
     return dict(field.split("=", 1) for field in out.split() if "=" in field)
 
 
-def wait_for(job: str, env: dict, timeout: float, done) -> dict:
-    """Poll the job until done(info) holds; fail (and cancel it) after `timeout` seconds."""
+def wait_for(job: str, env: dict, timeout: float, done, log: Path | None = None) -> dict:
+    """Poll the job until done(info) holds; fail (and cancel it) after `timeout` seconds, showing
+    the end of the job's `log`."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         info = job_info(job, env)
         if info and done(info):
             return info
         time.sleep(0.3)
+    info = job_info(job, env)
     _run("scancel", job, env=env, check=False)
-    pytest.fail(f"Slurm job {job}: still {job_info(job, env).get('JobState')} after {timeout} s")
+    tail = log.read_text()[-3000:] if log and log.is_file() else "(no log)"
+    pytest.fail(
+        f"Slurm job {job}: still {info.get('JobState')} (exit {info.get('ExitCode')}) after {timeout} s\n{tail}"
+    )
 
 
-def wait_finished(job: str, env: dict, timeout: float) -> dict:
-    return wait_for(job, env, timeout, lambda info: info.get("JobState") in FINAL)
+def wait_finished(job: str, env: dict, timeout: float, log: Path | None = None) -> dict:
+    return wait_for(job, env, timeout, lambda info: info.get("JobState") in FINAL, log)

@@ -47,6 +47,12 @@ def test_each_launcher_is_read(env, want):
     assert detect(env) == want
 
 
+def test_mpirun_replaces_a_local_rank_inherited_from_the_shell():
+    env = {**MPIRUN, "OMPI_COMM_WORLD_LOCAL_RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    export(detect(env), env)
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["MASTER_ADDR"]) == ("2", "4", "1", "node1")
+
+
 def test_srun_becomes_torch_distributed_variables():
     env = dict(SRUN)
     export(detect(env), env)
