@@ -38,13 +38,13 @@ def slurm(tmp_path_factory):
     stop_cluster(env)
 
 
-def sbatch(env, name: str, root, corpus, wait: bool) -> subprocess.CompletedProcess:
+def sbatch(env, name: str, root, corpus, wait: bool, extra=()) -> subprocess.CompletedProcess:
     """Submit launch/slurm/pretrain.sbatch with 2 CPU tasks, as its header's comment shows (the
     job takes the environment `env`)."""
     args = ["sbatch", "--parsable", f"--job-name={name}", "--gpus-per-node=0", "--ntasks-per-node=2"]
     args += [f"--output={root}/slurm-%x-%j.out"]  # not into the checkout
     args += ["--cpus-per-task=1", *(["--wait"] if wait else []), "launch/slurm/pretrain.sbatch"]
-    args += [f"run.root={root}", f"data.path={corpus}", *ARGS]
+    args += [f"run.root={root}", f"data.path={corpus}", *ARGS, *extra]
     return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -108,6 +108,13 @@ def test_preempted_job_checkpoints_requeues_and_resumes(slurm, srun_run, corpus,
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     whole = read_metrics(srun_run[0])
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in whole], rel=1e-6)
+    # a new job (new id) with the same name continues the same run
+    again = sbatch(slurm, "preempted", tmp_path, corpus, wait=True, extra=[f"trainer.max_steps={STEPS + 2}"])
+    second = again.stdout.strip().split(";")[0]
+    log = (run / f"slurm-{second}.out").read_text()
+    assert again.returncode == 0 and second != job, log[-3000:]
+    assert f"resuming from {run / 'checkpoints' / f'step_{STEPS:08d}'} at step {STEPS}" in log, log[-3000:]
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, STEPS + 3))
 
 
 def test_mpirun_two_ranks_train_one_run(srun_run, corpus, tmp_path):
