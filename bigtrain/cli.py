@@ -8,13 +8,15 @@ below are local on purpose. `launch/*.py` in a checkout call the same functions.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from bigtrain import launcher
-from bigtrain.config.hydra import CONF_PACKAGE, to_config  # light: no DeepSpeed, megatron or torch
+from bigtrain.config.hydra import CONF_PACKAGE, check_overrides, to_config  # light: no DeepSpeed, megatron, torch
+from bigtrain.config.schema import ConfigError
 from bigtrain.process import setup_process, wants_verbose
 
 
@@ -38,8 +40,10 @@ def pretrain() -> None:
     sys.argv, local_rank = split_local_rank(sys.argv)
     try:
         launcher.export(launcher.detect())  # srun's and mpirun's variables as torch.distributed's
-    except launcher.LaunchError as err:
-        print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
+        check_overrides(sys.argv[1:])
+    except (launcher.LaunchError, ConfigError) as err:
+        if int(os.environ.get("RANK", "0")) == 0:  # every rank reaches it alike
+            print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     setup_process(local_rank, verbose=wants_verbose(sys.argv))
     from bigtrain.run import main  # noqa: PLC0415  (after setup_process, see the module docstring)

@@ -34,3 +34,41 @@ def compose(overrides: list[str] | None = None) -> Config:
     """Compose the built-in presets without running a job: for tests, tools and notebooks."""
     with initialize_config_module(config_module=CONF_PACKAGE, version_base=None):
         return to_config(hydra_compose(config_name="config", overrides=list(overrides or [])))
+
+
+# Hydra's flags that take a value as the next argument.
+_FLAG_VALUES = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp", "--cfg", "-c", "--package", "-p"}
+
+
+def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """The command line's overrides, checked before Hydra composes them, so that a preset that does
+    not exist or an override without a value is one line and a config error (exit code 2) like
+    every other, rather than Hydra's multi-line report and exit code 1."""
+    dirs, args, i = [conf_dir], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _FLAG_VALUES:
+            if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+                dirs.append(Path(argv[i + 1]))
+            i += 2
+            continue
+        if arg.startswith(("--config-dir=", "-cd=")):
+            dirs.append(Path(arg.split("=", 1)[1]))
+        elif not arg.startswith("-"):
+            args.append(arg)
+        i += 1
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep:
+            if arg.startswith("~"):
+                continue  # ~key deletes a key and needs no value
+            raise ConfigError(f"override {arg!r} has no value: write {key}=<value>")
+        groups = [d / key for d in dirs if (d / key).is_dir()]
+        if not groups or any(c in value for c in ",[]()$") or value in ("null", ""):
+            continue
+        if not any((g / f"{value}.yaml").is_file() for g in groups):
+            presets = sorted({f.stem for g in groups for f in g.glob("*.yaml")})
+            raise ConfigError(
+                f"{key}={value} is not a preset: use one of {', '.join(presets)}, "
+                f"or add {key}/{value}.yaml to a folder passed with --config-dir"
+            )

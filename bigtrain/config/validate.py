@@ -46,8 +46,6 @@ def validate(cfg: Config, world_size: int | None = None) -> Layout:
         raise ConfigError(
             f"model.position=rope needs an even head_dim, got {m.head_dim}: change model.d_model or model.n_heads"
         )
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout={m.dropout} must be in [0, 1)")
     if p.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"parallel.zero_stage={p.zero_stage} is not allowed: use 0, 1, 2 or 3")
     tp, pp = p.tensor_parallel, p.pipeline_parallel
@@ -111,35 +109,67 @@ def validate(cfg: Config, world_size: int | None = None) -> Layout:
     return Layout(world_size, tp, pp, dp, t.global_batch_size // per_step)
 
 
+def _default(key: str):
+    """The schema's default for a dotted key (what the fix in a message suggests)."""
+    section, name = key.split(".")
+    return getattr(getattr(Config(), section), name)
+
+
+def _fix(key: str) -> str:
+    default = _default(key)
+    return f"set {key}={default} (the default)" if default is not None else f"leave {key} unset (null)"
+
+
+# (key, allowed, what the message says it must be): every single-field range rule in one table.
+_RANGES = [
+    *[
+        (key, lambda v: v > 0, "must be positive")
+        for key in (
+            "model.n_layers",
+            "model.n_heads",
+            "model.d_model",
+            "model.seq_len",
+            "model.pad_vocab_multiple",
+            "parallel.tensor_parallel",
+            "parallel.pipeline_parallel",
+            "trainer.max_steps",
+            "trainer.micro_batch_size",
+            "trainer.global_batch_size",
+            "trainer.eval_interval",
+            "trainer.eval_iters",
+            "trainer.log_interval",
+            "trainer.keep_last",
+            "data.vocab_size",
+            "optim.lr",
+            "optim.eps",
+        )
+    ],
+    *[
+        (key, lambda v: v >= 0, "must not be negative")
+        for key in (
+            "trainer.save_interval",
+            "trainer.sample_tokens",
+            "trainer.sample_top_k",
+            "trainer.sample_temperature",
+            "optim.warmup_steps",
+            "optim.weight_decay",
+            "optim.grad_clip",
+            "optim.min_lr",
+        )
+    ],
+    ("optim.beta1", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("optim.beta2", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("model.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("model.n_kv_heads", lambda v: v is None or v > 0, "must be positive"),
+    ("model.vocab_size", lambda v: v is None or v > 0, "must be positive"),
+    ("optim.decay_steps", lambda v: v is None or v > 0, "must be positive"),
+    ("logging.peak_tflops", lambda v: v is None or v > 0, "must be positive"),
+]
+
+
 def _positive(cfg: Config) -> None:
-    checks = {
-        "model.n_layers": cfg.model.n_layers,
-        "model.n_heads": cfg.model.n_heads,
-        "model.d_model": cfg.model.d_model,
-        "model.seq_len": cfg.model.seq_len,
-        "model.n_kv_heads": cfg.model.kv_heads,
-        "model.pad_vocab_multiple": cfg.model.pad_vocab_multiple,
-        "parallel.tensor_parallel": cfg.parallel.tensor_parallel,
-        "parallel.pipeline_parallel": cfg.parallel.pipeline_parallel,
-        "trainer.max_steps": cfg.trainer.max_steps,
-        "trainer.micro_batch_size": cfg.trainer.micro_batch_size,
-        "trainer.global_batch_size": cfg.trainer.global_batch_size,
-        "trainer.eval_interval": cfg.trainer.eval_interval,
-        "trainer.eval_iters": cfg.trainer.eval_iters,
-        "trainer.log_interval": cfg.trainer.log_interval,
-        "trainer.keep_last": cfg.trainer.keep_last,
-        "data.vocab_size": cfg.data.vocab_size,
-        "optim.lr": cfg.optim.lr,
-    }
-    for key, value in checks.items():
-        if value <= 0:
-            raise ConfigError(f"{key}={value} must be positive")
-    for key, value in {
-        "trainer.save_interval": cfg.trainer.save_interval,
-        "optim.warmup_steps": cfg.optim.warmup_steps,
-        "optim.weight_decay": cfg.optim.weight_decay,
-        "optim.grad_clip": cfg.optim.grad_clip,
-        "optim.min_lr": cfg.optim.min_lr,
-    }.items():
-        if value < 0:
-            raise ConfigError(f"{key}={value} must not be negative")
+    for key, allowed, rule in _RANGES:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not allowed(value):
+            raise ConfigError(f"{key}={value} {rule}: {_fix(key)}")

@@ -68,11 +68,20 @@ def test_deepspeed_launcher_trains_tiny_model(corpus, cache_dir, tmp_path):
     assert "validation loss" in proc.stdout and "perplexity" in proc.stdout
 
 
-def test_config_error_is_one_line_before_any_process_group(tmp_path):
-    proc = launch([PYTHON, "launch/pretrain.py", f"hydra.run.dir={tmp_path}", "model.n_heads=3"], ROOT, timeout=120)
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.n_heads=3", "model.d_model=256 is not divisible by model.n_heads=3"),
+        ("model=gpt5", "model=gpt5 is not a preset: use one of gpt2_124m, gpt2_1_3b"),  # Hydra's would exit 1
+        ("parallel.zero_stage", "override 'parallel.zero_stage' has no value: write parallel.zero_stage=<value>"),
+        ("+trainer.max_step=3", "unknown config key 'trainer.max_step' (value 3): did you mean 'trainer.max_steps'?"),
+    ],
+)
+def test_config_error_is_one_line_before_any_process_group(tmp_path, override, message):
+    proc = launch([PYTHON, "launch/pretrain.py", f"hydra.run.dir={tmp_path}", override], ROOT, timeout=120)
     assert proc.returncode == 2
-    assert "bigtrain: error: model.d_model=256 is not divisible by model.n_heads=3" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"bigtrain: error: {message}"), proc.stderr
     assert not (tmp_path / "metrics.jsonl").exists()
 
 

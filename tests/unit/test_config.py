@@ -94,19 +94,58 @@ def test_shakespeare_recipe_matches_nanogpt():
     assert cfg.data.tokenizer == "char"
 
 
-@pytest.mark.parametrize(
-    "overrides,message",
-    [
-        (["+model.n_layer=3"], "unknown config key 'model.n_layer' (value 3): did you mean 'model.n_layers'?"),
-        (["model.position=alibi"], "model.position='alibi' is not allowed: use one of learned|sinusoidal|rope"),
-        (["model.n_layers=abc"], "model.n_layers='abc' must be an integer"),
-        (["parallel.zero_stage=4"], "parallel.zero_stage=4 is not allowed"),
-        (["precision.dtype=fp8"], "precision.dtype='fp8' is not allowed: use one of fp32|bf16|fp16"),
-        (["trainer.max_steps=0"], "trainer.max_steps=0 must be positive"),
-        (["data=text"], "data.source=text needs data.path"),
-        (["trainer.global_batch_size=12"], "trainer.global_batch_size=12 is not divisible by micro_batch_size"),
-    ],
-)
+# Each bad config or override: one line naming the key, the value and the fix (≥ 30, issue 12).
+BAD_CONFIGS = [
+    (["+model.n_layer=3"], "unknown config key 'model.n_layer' (value 3): did you mean 'model.n_layers'?"),
+    (["+trainer.max_step=3"], "unknown config key 'trainer.max_step' (value 3): did you mean 'trainer.max_steps'?"),
+    (["model.position=alibi"], "model.position='alibi' is not allowed: use one of learned|sinusoidal|rope"),
+    (["model.norm=batchnorm"], "model.norm='batchnorm' is not allowed: use one of"),
+    (["model.n_layers=abc"], "model.n_layers='abc' must be an integer"),
+    (["optim.lr=fast"], "optim.lr='fast' must be a number"),
+    (["parallel.zero_stage=4"], "parallel.zero_stage=4 is not allowed"),
+    (["precision.dtype=fp8"], "precision.dtype='fp8' is not allowed: use one of fp32|bf16|fp16"),
+    (["trainer.max_steps=0"], "trainer.max_steps=0 must be positive: set trainer.max_steps=200 (the default)"),
+    (["trainer.max_steps=-5"], "trainer.max_steps=-5 must be positive: set trainer.max_steps=200"),
+    (["model.n_layers=0"], "model.n_layers=0 must be positive: set model.n_layers="),
+    (["model.seq_len=0"], "model.seq_len=0 must be positive: set model.seq_len="),
+    (["model.n_kv_heads=0"], "model.n_kv_heads=0 must be positive: leave model.n_kv_heads unset (null)"),
+    (["model.vocab_size=-1"], "model.vocab_size=-1 must be positive: leave model.vocab_size unset (null)"),
+    (["model.dropout=1.0"], "model.dropout=1.0 must be in [0, 1): set model.dropout="),
+    (["model.d_model=100", "model.n_heads=3"], "model.d_model=100 is not divisible by model.n_heads=3: pick d_model"),
+    (["model.n_heads=4", "model.n_kv_heads=3"], "model.n_heads=4 is not divisible by model.n_kv_heads=3: grouped"),
+    (["model.position=rope", "model.d_model=12", "model.n_heads=4"], "model.position=rope needs an even head_dim"),
+    (["data=text"], "data.source=text needs data.path: pass data.path="),
+    (["data=prepared"], "data.source=prepared needs data.blend: pass data.blend="),
+    (["data.val_fraction=1.5"], "data.val_fraction=1.5 must be in (0, 1)"),
+    (["data.vocab_size=0"], "data.vocab_size=0 must be positive: set data.vocab_size="),
+    (["trainer.global_batch_size=12"], "trainer.global_batch_size=12 is not divisible by micro_batch_size"),
+    (["trainer.micro_batch_size=0"], "trainer.micro_batch_size=0 must be positive: set trainer.micro_batch_size="),
+    (["trainer.eval_interval=0"], "trainer.eval_interval=0 must be positive: set trainer.eval_interval="),
+    (["trainer.keep_last=0"], "trainer.keep_last=0 must be positive: set trainer.keep_last=2 (the default)"),
+    (["trainer.save_interval=-1"], "trainer.save_interval=-1 must not be negative: set trainer.save_interval="),
+    (["trainer.sample_temperature=-0.5"], "trainer.sample_temperature=-0.5 must not be negative: set"),
+    (["trainer.sample_top_k=-1"], "trainer.sample_top_k=-1 must not be negative: set trainer.sample_top_k=50"),
+    (["optim.lr=0"], "optim.lr=0.0 must be positive: set optim.lr=0.0006 (the default)"),
+    (["optim.min_lr=1e-2"], "optim.min_lr=0.01 exceeds optim.lr=0.0006: lower min_lr"),
+    (["optim.beta2=1.0"], "optim.beta2=1.0 must be in [0, 1): set optim.beta2=0.95 (the default)"),
+    (["optim.beta1=-0.1"], "optim.beta1=-0.1 must be in [0, 1): set optim.beta1=0.9 (the default)"),
+    (["optim.eps=0"], "optim.eps=0.0 must be positive: set optim.eps=1e-08 (the default)"),
+    (["optim.weight_decay=-0.1"], "optim.weight_decay=-0.1 must not be negative: set optim.weight_decay=0.1"),
+    (["optim.grad_clip=-1"], "optim.grad_clip=-1.0 must not be negative: set optim.grad_clip=1.0"),
+    (["optim.warmup_steps=-3"], "optim.warmup_steps=-3 must not be negative: set optim.warmup_steps="),
+    (["optim.decay_steps=0"], "optim.decay_steps=0 must be positive: leave optim.decay_steps unset (null)"),
+    (["logging.peak_tflops=0"], "logging.peak_tflops=0.0 must be positive: leave logging.peak_tflops unset"),
+    (["logging.wandb_mode=sometimes"], "logging.wandb_mode='sometimes' is not allowed: use one of"),
+    (["run.name=../elsewhere"], "run.name='../elsewhere' must be a relative name inside run.root"),
+    (["parallel.sequence_parallel=true"], "parallel.sequence_parallel=true needs parallel.tensor_parallel > 1"),
+]
+
+
+def test_the_bad_config_table_is_large():
+    assert len(BAD_CONFIGS) >= 30
+
+
+@pytest.mark.parametrize("overrides,message", BAD_CONFIGS)
 def test_bad_configs_name_key_value_and_fix(overrides, message):
     with pytest.raises(ConfigError) as err:
         validate(compose(overrides), world_size=1)
