@@ -32,6 +32,7 @@ from bigtrain.model.hf import ExportError, load_hf_folder
 from bigtrain.model.layers import Vocab
 from bigtrain.parallel import state as pstate
 from bigtrain.parallel.engine import build_engine
+from bigtrain.parallel.health import PeerLost, describe, lost_peer
 from bigtrain.parallel.pipeline import pipeline_logits
 from bigtrain.parallel.state import Ranks, seed_everything, tensor_parallel_plan
 from bigtrain.process import rank_prefix, set_verbosity, with_rank
@@ -63,6 +64,9 @@ def main(tree, run_dir: str) -> int:
         if rank == 0 or not getattr(err, "on_every_rank", False):
             print(f"{rank_prefix(rank)}bigtrain: error: {err}", file=sys.stderr, flush=True)
         return 2
+    except PeerLost as err:
+        print(f"{rank_prefix(rank)}bigtrain: error: {err}", file=sys.stderr, flush=True)
+        return 1
     except Exception:  # a bug or a library's failure: the whole traceback, with the rank on each line
         print(with_rank(rank, traceback.format_exc()), file=sys.stderr, flush=True)
         return 1
@@ -82,7 +86,7 @@ def run(cfg: Config, run_dir: Path) -> dict:
     except ConfigError as err:
         raise _on_every_rank(err) from None
     set_verbosity(cfg.logging.verbose)
-    ranks = pstate.init_distributed(layout)
+    ranks = pstate.init_distributed(layout, cfg.parallel.collective_timeout_s)
     log = print if ranks.is_main else (lambda *a, **k: None)
     lock = RunLock(run_dir)
     try:
@@ -188,6 +192,12 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     checkpointer.install_signal_handlers()
     try:
         trainer.fit()
+    except RuntimeError as err:  # gloo/NCCL: a broken connection or a timeout
+        if layout.world_size == 1 or not lost_peer(err):
+            raise
+        latest = latest_checkpoint(checkpointer.root)
+        step, saving = trainer.state.step, checkpointer.saving
+        raise describe(err, ranks.rank, layout.world_size, step, saving, latest and latest.name) from None
     finally:
         train_batches.close()
         if sinks:

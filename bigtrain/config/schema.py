@@ -122,6 +122,9 @@ class ParallelConfig:
     sequence_parallel: bool = False
     # Split layers into stages balancing parameter counts, or transformer blocks per stage.
     pipeline_partition: Literal["parameters", "layers"] = "parameters"
+    # How long a collective waits for a rank that stopped answering (NCCL's own default is 10
+    # minutes, gloo's 30). A rank that dies breaks its connections and fails the others at once.
+    collective_timeout_s: int = 600
 
 
 @dataclass(frozen=True)

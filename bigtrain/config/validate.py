@@ -132,6 +132,7 @@ _RANGES = [
             "model.pad_vocab_multiple",
             "parallel.tensor_parallel",
             "parallel.pipeline_parallel",
+            "parallel.collective_timeout_s",
             "trainer.max_steps",
             "trainer.micro_batch_size",
             "trainer.global_batch_size",

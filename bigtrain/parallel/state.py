@@ -7,10 +7,12 @@ the same map, which `tests/unit/test_topology.py` checks.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 
 import deepspeed
 import numpy as np
@@ -57,11 +59,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def init_distributed(layout: Layout) -> Ranks:
+def init_distributed(layout: Layout, timeout_s: int = 600) -> Ranks:
     """Start torch.distributed (NCCL on GPUs, gloo on CPU), then megatron-core's groups.
 
     Under a launcher (deepspeed, torchrun, srun) the environment says where this rank is; a plain
     `python` run is a world of one on a free local port, and the environment is left as it is.
+    `timeout_s` (parallel.collective_timeout_s): how long a collective waits for a rank that stopped
+    answering before it fails (megatron-core's groups round it up to whole minutes).
     """
     cuda = torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
@@ -73,7 +77,8 @@ def init_distributed(layout: Layout) -> Ranks:
             torch.distributed.init_process_group(
                 backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
             )
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)  # adopts an existing group
+        # adopts an existing group
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, timeout=timedelta(seconds=timeout_s))
     world = torch.distributed.get_world_size()
     if world != layout.world_size:
         raise RuntimeError(
@@ -81,7 +86,9 @@ def init_distributed(layout: Layout) -> Ranks:
             f"{layout.world_size}: set WORLD_SIZE consistently"
         )
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(layout.tensor, layout.pipeline)
+        parallel_state.initialize_model_parallel(
+            layout.tensor, layout.pipeline, distributed_timeout_minutes=math.ceil(timeout_s / 60)
+        )
     return Ranks(
         rank=torch.distributed.get_rank(),
         local_rank=local_rank,

@@ -13,11 +13,16 @@ A checkpoint `step_XXXXXXXX/` holds three things:
 Writes are atomic: everything goes to `step_XXXXXXXX.partial/`, which rank 0 renames once all
 ranks are done, then it points `latest` at it (write to a temporary file, then rename). A crash
 mid-write leaves only a `.partial` folder, which resume ignores and the next save removes.
+
+`bigtrain/manifest.json` records every file's size and SHA-256 at save time (the ranks hash
+shares of the files in parallel). Resume checks them the same way and falls back to the previous
+complete checkpoint when one is truncated or corrupted, saying so.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import shutil
@@ -36,6 +41,7 @@ from bigtrain.train import consolidated
 from bigtrain.train.loop import loss_scale
 
 PARTIAL = ".partial"
+MANIFEST = "manifest.json"
 # Model settings that change the weights' shapes or meaning; the rest (name, dropout) may differ.
 MODEL_IDENTITY = (
     "n_layers",
@@ -81,14 +87,19 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def resolve(path: str | Path) -> Path:
-    """A run directory, a checkpoints folder or one checkpoint → that checkpoint."""
+    """A run directory, a checkpoints folder or one checkpoint → that checkpoint, checked against
+    its manifest (tools: export, generate)."""
     path = Path(path)
-    if (path / "bigtrain" / "meta.json").is_file():
-        return path
+    found = path if (path / "bigtrain" / "meta.json").is_file() else None
     for root in (path, path / "checkpoints"):
-        found = latest_checkpoint(root)
-        if found:
-            return found
+        found = found or latest_checkpoint(root)
+    if found:
+        problem = damage(found)
+        if problem:
+            older = [c for c in complete_checkpoints(found.parent) if c < found]
+            hint = f"pass the previous one, {older[-1]}" if older else "restore it from a copy"
+            raise CheckpointError(f"checkpoint {found} is damaged: {problem}: {hint}")
+        return found
     raise CheckpointError(
         f"no complete bigtrain checkpoint under {path}: pass a run directory, its "
         "checkpoints/ folder or a checkpoints/step_XXXXXXXX folder"
@@ -97,6 +108,64 @@ def resolve(path: str | Path) -> Path:
 
 def read_meta(ckpt: Path) -> dict:
     return json.loads((ckpt / "bigtrain" / "meta.json").read_text())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 23):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_files(ckpt: Path) -> list[str]:
+    """The files the manifest covers: all of them but the manifest and meta.json (written last)."""
+    skip = {f"bigtrain/{MANIFEST}", "bigtrain/meta.json"}
+    names = (p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file())
+    return sorted(n for n in names if n not in skip)
+
+
+def hash_share(ckpt: Path, names: list[str], rank: int, world: int) -> dict:
+    """This rank's share of the files: {name: [size, sha256]}."""
+    return {n: [(ckpt / n).stat().st_size, _sha256(ckpt / n)] for n in names[rank::world]}
+
+
+def damage(ckpt: Path, rank: int = 0, world: int = 1) -> str | None:
+    """The first problem in this rank's share of `ckpt`'s files against its manifest (a missing
+    file, a size, a hash), or None. Checkpoints saved before manifests existed pass."""
+    path = ckpt / "bigtrain" / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError:
+        return f"{path} is not valid JSON"
+    for name in sorted(manifest)[rank::world]:
+        size, digest = manifest[name]
+        file = ckpt / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size:,} bytes, {size:,} when saved (truncated?)"
+        if _sha256(file) != digest:
+            return f"{name} does not match the SHA-256 recorded when it was saved (corrupted)"
+    return None
+
+
+def _broadcast(value, ranks: Ranks):
+    """Rank 0's value on every rank."""
+    box = [value]
+    if ranks.layout.world_size > 1:
+        torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _gather(value, ranks: Ranks) -> list:
+    if ranks.layout.world_size == 1:
+        return [value]
+    out = [None] * ranks.layout.world_size
+    torch.distributed.all_gather_object(out, value)
+    return out
 
 
 def check_model_matches(saved: dict, wanted: ModelConfig, where: Path) -> None:
@@ -123,6 +192,7 @@ class Checkpointer:
         self.interval, self.keep_last, self.max_steps = t.save_interval, t.keep_last, t.max_steps
         self.vocab, self.tokenizer = vocab, tokenizer
         self.stop_requested = False
+        self.saving = False  # inside save(): what a rank that loses a peer reports
 
     # ---- cadence and signals -------------------------------------------------------------
 
@@ -149,6 +219,12 @@ class Checkpointer:
     # ---- saving --------------------------------------------------------------------------
 
     def save(self, engine, state) -> Path:
+        self.saving = True
+        final = self._save(engine, state)
+        self.saving = False
+        return final
+
+    def _save(self, engine, state) -> Path:
         final, staging = self.root / tag(state.step), self.root / (tag(state.step) + PARTIAL)
         rng = _capture_rng()  # saving may draw random numbers (DeepSpeed's pipeline does)
         # A PipelineModule reseeds every layer's forward from its count of micro-batches seen.
@@ -161,14 +237,21 @@ class Checkpointer:
         engine.save_checkpoint(
             str(self.root), tag=staging.name, save_latest=False, client_state={"bigtrain": dataclasses.asdict(state)}
         )
+        fault_point("kill_mid_save", state.step)
         (staging / "rng").mkdir(parents=True, exist_ok=True)
         torch.save(rng, staging / "rng" / f"rank{self.ranks.rank}.pt")
         _restore_rng(rng)  # so a run that saves trains exactly like one that does not
         consolidated.save(engine, staging / "bigtrain", self.cfg.model.n_layers, self.ranks, self.vocab)
-        torch.distributed.barrier()
-        fault_point("before_publish", state.step)
         if self.ranks.is_main:
             shutil.copy(self.tokenizer.path, staging / "bigtrain" / self.tokenizer.saved_name)
+        torch.distributed.barrier()
+        names = checkpoint_files(staging) if self.ranks.is_main else None
+        names = _broadcast(names, self.ranks)
+        shares = _gather(hash_share(staging, names, self.ranks.rank, self.ranks.layout.world_size), self.ranks)
+        fault_point("before_publish", state.step)
+        if self.ranks.is_main:
+            manifest = {name: entry for share in shares for name, entry in share.items()}
+            (staging / "bigtrain" / MANIFEST).write_text(json.dumps(manifest, indent=0, sort_keys=True))
             meta = {
                 "step": state.step,
                 "consumed_samples": state.consumed_samples,
@@ -203,13 +286,54 @@ class Checkpointer:
 
     # ---- resuming ------------------------------------------------------------------------
 
+    def _check_tokenizer(self, meta: dict, ckpt: Path) -> None:
+        """The run's tokenizer must be the one the checkpoint was trained with."""
+        saved = meta.get("tokenizer")
+        if not saved:
+            return
+        file = ckpt / "bigtrain" / saved["file"]
+        same = saved["vocab_size"] == self.tokenizer.vocab_size and (
+            not file.is_file() or _sha256(file) == _sha256(Path(self.tokenizer.path))
+        )
+        if not same:
+            raise CheckpointError(
+                f"the checkpoint {ckpt} was trained with another tokenizer ({saved['vocab_size']} ids, saved as "
+                f"{file}) than this run's ({self.tokenizer.vocab_size} ids, {self.tokenizer.path}): resume with "
+                "the data and tokenizer it was trained with, or use another run.name"
+            )
+
+    def intact_latest(self, log) -> Path | None:
+        """The newest complete checkpoint whose files match their manifest on every rank's share;
+        a damaged one is reported and the previous one taken. The same answer on every rank."""
+        candidates = complete_checkpoints(self.root)
+        latest = latest_checkpoint(self.root)
+        if latest in candidates:  # the pointer names the newest published one
+            candidates = candidates[: candidates.index(latest) + 1]
+        damaged = []
+        for ckpt in reversed(candidates):
+            problems = _gather(damage(ckpt, self.ranks.rank, self.ranks.layout.world_size), self.ranks)
+            problem = next((p for p in problems if p), None)
+            if problem is None:
+                if damaged:
+                    log(f"checkpoint {damaged[-1]} is damaged: falling back to the previous one, {ckpt}")
+                return ckpt
+            log(f"checkpoint {ckpt} is damaged: {problem}")
+            damaged.append(ckpt)
+        if damaged:
+            raise CheckpointError(
+                f"every checkpoint under {self.root} is damaged (newest: {damaged[0].name}): restore them from a "
+                "copy, or pass run.fresh=true to start over (the damaged ones are kept aside)"
+            )
+        return None
+
     def resume(self, engine, log) -> dict | None:
-        """Load the latest complete checkpoint, if any; returns its meta (step, samples)."""
-        ckpt = latest_checkpoint(self.root)
+        """Load the latest intact checkpoint, if any; returns its meta (step, samples)."""
+        ckpt = self.intact_latest(log)
         if ckpt is None:
             return None
         meta = read_meta(ckpt)
         check_model_matches(meta["model"], self.cfg.model, ckpt)
+        self._check_tokenizer(meta, ckpt)
         same_layout = (
             meta["layout"] == dataclasses.asdict(self.ranks.layout)
             and meta["zero_stage"] == self.cfg.parallel.zero_stage

@@ -10,8 +10,8 @@ from tests.helpers.launch import read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
 
-# layout (parity.LAYOUTS) -> the model family it trains
-FAMILY = {"single": GPT, "zero2_dp2": GPT, "zero3_dp2": GPT, "tp2": LLAMA, "pp2": GPT}
+# layout (parity.LAYOUTS) -> the model family it trains; one process is tests/e2e/test_relaunch.py
+FAMILY = {"zero2_dp2": GPT, "zero3_dp2": GPT, "tp2": LLAMA, "pp2": GPT}
 RESUME = ["trainer.max_steps=12", "model.dropout=0.1", "trainer.eval_interval=6", "trainer.eval_iters=2"]
 
 
