@@ -66,7 +66,7 @@ def measure(position: str, rounds: int, steps: int) -> dict:
     ranks = init_distributed(validate(cfg, world_size=1))
     seed_everything(0, ranks)
     vocab = Vocab.of(VOCAB, cfg.model.pad_vocab_multiple)
-    engine, _ = build_engine(cfg, ranks, vocab, log=lambda *a: None)
+    engine, _, _ = build_engine(cfg, ranks, vocab, log=lambda *a: None)
     plain_model = GPT(cfg.model, tensor_parallel_plan(cfg.parallel, ranks), vocab, seed=0)
     reference = reference_shakespeare.Model(VOCAB, rotary=position == "rope")
     x, y = torch.randint(0, VOCAB, (BATCH, BLOCK)), torch.randint(0, VOCAB, (BATCH, BLOCK))

@@ -1,8 +1,8 @@
 """Fault injection for tests, behind one hook: production code calls `fault_point(where, step)`.
 
-`BIGTRAIN_FAULT=<where>:<step>` arms exactly one fault (`<where>:*` at any step); without it every
-call returns at once. Tests drive the real preemption and crash paths with it, at deterministic
-points:
+`BIGTRAIN_FAULT=<where>:<step>` arms a fault (`<where>:*` at any step; several separated by
+commas); without it every call returns at once. Tests drive the real preemption and crash paths
+with it, at deterministic points:
 
     after_step:N      rank 0 sends itself SIGTERM after optimizer step N (preemption: the run saves
                       a checkpoint and exits 75)
@@ -11,6 +11,8 @@ points:
     kill_mid_step:N   the last rank SIGKILLs itself in step N, after a forward pass and before its
                       gradients are reduced (a dead rank: the others must stop, naming it)
     kill_mid_save:N   the last rank SIGKILLs itself while checkpoint N is being written
+    nan_loss:N        the last rank's training loss in step N is NaN (so are its gradients)
+    spike_loss:N      the last rank's training loss in step N is 50 times too large
     slow_exit:N       after a signal stopped the run at step N and its checkpoint is saved, the
                       last rank lingers 10 s before exiting (srun --kill-on-bad-exit then kills it
                       once rank 0 has exited 75, if Slurm's KillWait is shorter, and reports the
@@ -29,8 +31,30 @@ ENV = "BIGTRAIN_FAULT"
 CRASH_EXIT = 17
 
 
+TRAIN_STEP: list[int | None] = [None]  # the optimizer step being trained (1-based), set by the loop
+
+
+def _armed(where: str, step: int | None) -> bool:
+    faults = os.environ.get(ENV, "").split(",")
+    return step is not None and (f"{where}:{step}" in faults or f"{where}:*" in faults)
+
+
+def loss_fault(loss: torch.Tensor) -> torch.Tensor:
+    """nan_loss / spike_loss: the training loss of the armed step, on the last rank."""
+    step = TRAIN_STEP[0]
+    if step is None or not os.environ.get(ENV):
+        return loss
+    if torch.distributed.get_rank() != torch.distributed.get_world_size() - 1:
+        return loss
+    if _armed("nan_loss", step):
+        return loss * float("nan")
+    if _armed("spike_loss", step):
+        return loss * 50.0
+    return loss
+
+
 def fault_point(where: str, step: int) -> None:
-    if os.environ.get(ENV) not in (f"{where}:{step}", f"{where}:*"):
+    if not _armed(where, step):
         return
     last = torch.distributed.get_world_size() - 1
     on_last = where in ("slow_exit", "kill_mid_step", "kill_mid_save")

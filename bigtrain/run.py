@@ -38,7 +38,7 @@ from bigtrain.parallel.state import Ranks, seed_everything, tensor_parallel_plan
 from bigtrain.process import rank_prefix, set_verbosity, with_rank
 from bigtrain.train import consolidated
 from bigtrain.train.checkpoint import Checkpointer, CheckpointError, latest_checkpoint, read_meta
-from bigtrain.train.loop import Trainer, TrainState
+from bigtrain.train.loop import NonFiniteError, Trainer, TrainState
 from bigtrain.train.rundir import RunDirError, RunLock, set_aside
 from bigtrain.train.sample import evaluating, generate, last_logits
 
@@ -64,8 +64,9 @@ def main(tree, run_dir: str) -> int:
         if rank == 0 or not getattr(err, "on_every_rank", False):
             print(f"{rank_prefix(rank)}bigtrain: error: {err}", file=sys.stderr, flush=True)
         return 2
-    except PeerLost as err:
-        print(f"{rank_prefix(rank)}bigtrain: error: {err}", file=sys.stderr, flush=True)
+    except (PeerLost, NonFiniteError) as err:  # every rank sees the same numbers; a lost peer is per rank
+        if rank == 0 or isinstance(err, PeerLost):
+            print(f"{rank_prefix(rank)}bigtrain: error: {err}", file=sys.stderr, flush=True)
         return 1
     except Exception:  # a bug or a library's failure: the whole traceback, with the rank on each line
         print(with_rank(rank, traceback.format_exc()), file=sys.stderr, flush=True)
@@ -155,7 +156,7 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     tokenizer = plan.tokenizer
     vocab = model_vocab(cfg.model, tokenizer.vocab_size, layout.tensor)
     seed_everything(t.seed, ranks)
-    engine, clipper = build_engine(cfg, ranks, vocab, log=log)
+    engine, clipper, guard = build_engine(cfg, ranks, vocab, log=log)
     seed_everything(t.seed, ranks)  # dropout streams independent of how many layers this rank built
     checkpointer = Checkpointer(cfg, _ckpt_root(cfg, run_dir), ranks, vocab, tokenizer)
     resumed = checkpointer.resume(engine, log)
@@ -188,6 +189,9 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
         state,
         loss_fn,
         clipper,
+        guard,
+        log,
+        min_loss_scale=cfg.precision.min_loss_scale if cfg.precision.dtype == "fp16" else None,
     )
     checkpointer.install_signal_handlers()
     try:

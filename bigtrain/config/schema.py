@@ -170,6 +170,14 @@ class TrainerConfig:
     sample_temperature: float = 0.8
     sample_top_k: int = 50
     ckpt_dir: Optional[str] = None  # None: <run dir>/checkpoints
+    # A NaN/Inf loss or gradient norm: skip that update (stop after max_skipped_steps in a row),
+    # or stop at once; both stop with the pre-update weights in <checkpoints>/diagnostic/.
+    on_nonfinite: Literal["skip", "stop"] = "skip"
+    max_skipped_steps: int = 5
+    # A loss more than spike_zscore robust deviations above the median of the last spike_window
+    # losses is logged as an event (metrics.jsonl "event": "loss_spike", wandb train/loss_spike).
+    spike_window: int = 100
+    spike_zscore: float = 6.0
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,12 @@ from bigtrain.optim import build_optimizer
 from bigtrain.parallel.clipping import GradClipper
 from bigtrain.parallel.pipeline import build_pipeline
 from bigtrain.parallel.state import DeepSpeedMPU, Ranks, tensor_parallel_plan
+from bigtrain.train.guard import NonFiniteGuard
 
 
-def build_engine(cfg: Config, ranks: Ranks, vocab: Vocab, log=print) -> tuple[object, GradClipper | None]:
+def build_engine(
+    cfg: Config, ranks: Ranks, vocab: Vocab, log=print
+) -> tuple[object, GradClipper | None, NonFiniteGuard]:
     """Build the model for this rank and wrap it in a DeepSpeed engine.
 
     Takes the whole config on purpose: this is where model, parallel, precision, optimizer and
@@ -71,7 +74,7 @@ def build_engine(cfg: Config, ranks: Ranks, vocab: Vocab, log=print) -> tuple[ob
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config, mpu=mpu
     )
     if not plain_path(cfg):
-        return engine, None
+        return engine, None, _guard(optimizer, ranks)
     if layout.data == 1:
         # One data-parallel rank: DeepSpeed's gradient all-reduce would only flatten, copy and
         # unflatten every gradient (~6% of a small model's step on CPU).
@@ -79,4 +82,12 @@ def build_engine(cfg: Config, ranks: Ranks, vocab: Vocab, log=print) -> tuple[ob
     clipper = GradClipper(cfg.optim.grad_clip)
     engine.optimizer.register_step_pre_hook(clipper)
     log(f"   gradient clipping at {cfg.optim.grad_clip} by bigtrain (whole-model norm, before each optimizer step)")
-    return engine, clipper
+    return engine, clipper, _guard(optimizer, ranks)
+
+
+def _guard(optimizer, ranks: Ranks) -> NonFiniteGuard:
+    """Skip an update with NaN/Inf gradients: a pre-hook of the optimizer DeepSpeed steps (the
+    client optimizer, also under ZeRO and bf16 wrappers), after bigtrain's clipping."""
+    guard = NonFiniteGuard(ranks.device)
+    optimizer.register_step_pre_hook(guard)
+    return guard

@@ -218,24 +218,26 @@ class Checkpointer:
 
     # ---- saving --------------------------------------------------------------------------
 
-    def save(self, engine, state) -> Path:
+    def save(self, engine, state, diagnostic: bool = False) -> Path:
+        """Save step `state.step`; `diagnostic`: into <checkpoints>/diagnostic/, which resume never
+        reads (the weights a run stopped with, for inspection)."""
         self.saving = True
-        final = self._save(engine, state)
+        final = self._save(engine, state, self.root / "diagnostic" if diagnostic else self.root)
         self.saving = False
         return final
 
-    def _save(self, engine, state) -> Path:
-        final, staging = self.root / tag(state.step), self.root / (tag(state.step) + PARTIAL)
+    def _save(self, engine, state, root: Path) -> Path:
+        final, staging = root / tag(state.step), root / (tag(state.step) + PARTIAL)
         rng = _capture_rng()  # saving may draw random numbers (DeepSpeed's pipeline does)
         # A PipelineModule reseeds every layer's forward from its count of micro-batches seen.
         rng["pipe_micro_offset"] = getattr(engine.module, "micro_offset", 0)
         if self.ranks.is_main:
             shutil.rmtree(staging, ignore_errors=True)
-            for stale in self.root.glob(f"step_*{PARTIAL}"):  # left by a crash mid-write
+            for stale in root.glob(f"step_*{PARTIAL}"):  # left by a crash mid-write
                 shutil.rmtree(stale, ignore_errors=True)
         torch.distributed.barrier()
         engine.save_checkpoint(
-            str(self.root), tag=staging.name, save_latest=False, client_state={"bigtrain": dataclasses.asdict(state)}
+            str(root), tag=staging.name, save_latest=False, client_state={"bigtrain": dataclasses.asdict(state)}
         )
         fault_point("kill_mid_save", state.step)
         (staging / "rng").mkdir(parents=True, exist_ok=True)
@@ -273,15 +275,15 @@ class Checkpointer:
             if final.exists():
                 shutil.rmtree(final)
             staging.rename(final)
-            pointer = self.root / "latest.tmp"
+            pointer = root / "latest.tmp"
             pointer.write_text(final.name)
-            pointer.replace(self.root / "latest")
-            self._prune()
+            pointer.replace(root / "latest")
+            self._prune(root)
         torch.distributed.barrier()
         return final
 
-    def _prune(self) -> None:
-        for old in complete_checkpoints(self.root)[: -self.keep_last]:
+    def _prune(self, root: Path) -> None:
+        for old in complete_checkpoints(root)[: -self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
 
     # ---- resuming ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 
+from bigtrain import faults
 from bigtrain.config.schema import OptimConfig, TrainerConfig
 from bigtrain.data.dataset import Batch, Batches
 from bigtrain.faults import fault_point
@@ -16,9 +17,14 @@ from bigtrain.metrics.throughput import Meter
 from bigtrain.optim import lr_at
 from bigtrain.parallel.clipping import GradClipper
 from bigtrain.parallel.state import Ranks, data_parallel_group
+from bigtrain.train.guard import NonFiniteGuard, SpikeDetector
 
 # (logits (T, B, V/tp), labels (B, T), loss mask (B, T)) -> mean loss
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped on non-finite numbers (trainer.on_nonfinite); the message names the step."""
 
 
 @dataclass
@@ -42,6 +48,9 @@ class Trainer:
         state: TrainState,
         loss_fn: LossFn,
         clipper: GradClipper | None = None,
+        guard: NonFiniteGuard | None = None,
+        log=print,
+        min_loss_scale: float | None = None,  # fp16: stop when the loss scale collapses to it
     ):
         self.t, self.optim, self.engine, self.ranks = trainer, optim, engine, ranks
         self.loss_fn = loss_fn  # unpipelined layouts; a pipeline's last stage has its own
@@ -51,6 +60,9 @@ class Trainer:
         self.pipelined = ranks.layout.pipeline > 1
         self.last_val: float | None = None
         self.interrupted = False
+        self.guard, self.log, self.min_loss_scale = guard, log, min_loss_scale
+        self.spikes = SpikeDetector(trainer.spike_window, trainer.spike_zscore)
+        self.skipped_in_a_row = self.skipped_total = 0
 
     def fit(self) -> None:
         t = self.t
@@ -58,20 +70,27 @@ class Trainer:
             step = self.state.step
             lr = lr_at(step, self.optim, t.max_steps)
             start = time.perf_counter()
+            if self.guard:
+                self.guard.skipped = False
+            faults.TRAIN_STEP[0] = step + 1
             loss = self.train_step(step)
+            faults.TRAIN_STEP[0] = None
             seconds = time.perf_counter() - start
             self.state.step += 1
             self.state.consumed_samples += t.global_batch_size
             done = self.state.step
-            log_now = done % t.log_interval == 0 or done == t.max_steps
+            norm = self.grad_norm()
+            events = self.check_numbers(done, loss, norm)
+            log_now = done % t.log_interval == 0 or done == t.max_steps or bool(events)
             eval_now = done % t.eval_interval == 0 or done == t.max_steps
             if log_now or eval_now:
                 record = {
                     "step": done,
                     "loss": loss,
                     "lr": lr,
-                    "grad_norm": self.grad_norm(),
+                    "grad_norm": norm,
                     "consumed_samples": self.state.consumed_samples,
+                    **events,
                     **self.meter.measure(seconds),
                 }
                 if self.engine.fp16_enabled():
@@ -88,6 +107,56 @@ class Trainer:
             if stop:
                 self.interrupted = True
                 return
+
+    def check_numbers(self, done: int, loss: float, norm: float | None) -> dict:
+        """Non-finite loss or gradient norm (the update was skipped by the guard) and loss spikes:
+        the events to log with this step. Every rank sees the same loss and norm, so every rank
+        decides alike. Raises NonFiniteError when trainer.on_nonfinite says stop."""
+        overflow = norm is not None and not math.isfinite(norm)
+        if self.min_loss_scale is not None and getattr(self.engine.optimizer, "overflow", False):
+            # fp16: DeepSpeed's loss scaler skipped this overflowing step and lowered the scale
+            scale = loss_scale(self.engine.optimizer)
+            if scale <= self.min_loss_scale:
+                raise NonFiniteError(
+                    f"step {done}: the fp16 loss scale collapsed to its minimum ({scale:g}, precision.min_loss_scale) "
+                    "and gradients still overflow: train in bf16, lower optim.lr, or resume from the last checkpoint"
+                )
+            return {"event": "fp16_overflow_skipped", "loss_scale": scale}
+        bad = not math.isfinite(loss) or overflow
+        if not bad:
+            self.skipped_in_a_row = 0
+            score = self.spikes.zscore(loss)
+            if self.spikes.is_spike(score):
+                self.log(
+                    f"step {done}: loss spike, {loss:.4f} is {score:.1f} robust deviations above the recent median"
+                )
+                return {"event": "loss_spike", "loss_spike": 1, "loss_zscore": score}
+            return {}
+        # skipped by bigtrain's guard, or by DeepSpeed's ZeRO optimizer, which skips a step whose
+        # gradient norm is not finite by itself (and never calls the guard then)
+        skipped = (self.guard is not None and self.guard.skipped) or getattr(self.engine.optimizer, "overflow", False)
+        self.skipped_in_a_row += 1
+        self.skipped_total += 1
+        what = (
+            f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} in step {done} (loss {loss}, "
+            f"gradient norm {norm})"
+        )
+        policy = self.t.on_nonfinite
+        if policy == "stop" or not skipped or self.skipped_in_a_row >= self.t.max_skipped_steps:
+            why = (
+                "trainer.on_nonfinite=stop"
+                if policy == "stop"
+                else f"{self.skipped_in_a_row} steps in a row skipped (trainer.max_skipped_steps)"
+                if skipped
+                else "the update could not be skipped"
+            )
+            diagnostic = self.checkpointer.save(self.engine, self.state, diagnostic=True)
+            raise NonFiniteError(
+                f"{what}: stopped ({why}); the weights it stopped with are saved in {diagnostic} (resume never "
+                "reads them). Lower optim.lr, check that step's data, or resume from the last checkpoint"
+            )
+        self.log(f"{what}: the update was skipped ({self.skipped_in_a_row} in a row, {self.skipped_total} in all)")
+        return {"event": "nonfinite_skipped", "nonfinite": 1, "skipped_steps": self.skipped_total}
 
     def train_step(self, step: int) -> float:
         """One optimizer step over the global batch; returns the mean loss over it."""

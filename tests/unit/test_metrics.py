@@ -7,6 +7,7 @@ import torch
 
 from bigtrain.metrics import peak as peaks
 from bigtrain.metrics.throughput import Meter
+from bigtrain.train.guard import SpikeDetector
 
 
 @pytest.fixture
@@ -63,3 +64,13 @@ def test_override_and_gpu_datasheet():
     assert peaks.gpu_peak_tflops("NVIDIA H100 80GB HBM3", "bf16", tf32=True) == 989.4
     assert peaks.gpu_peak_tflops("NVIDIA H100 PCIe", "fp32", tf32=False) == 51.0
     assert peaks.gpu_peak_tflops("Some Future GPU", "bf16", tf32=True) is None
+
+
+def test_spike_detector_flags_only_outliers_of_its_window():
+    detector = SpikeDetector(window=20, threshold=6.0)
+    noisy = [3.0 + 0.01 * ((i * 7) % 5 - 2) for i in range(30)]  # ±0.02 around 3.0
+    scores = [detector.zscore(x) for x in noisy]
+    assert scores[:8] == [None] * 8 and not any(detector.is_spike(s) for s in scores)
+    spike = detector.zscore(3.5)
+    assert detector.is_spike(spike) and spike > 20
+    assert not detector.is_spike(detector.zscore(2.5))  # a drop is not a spike

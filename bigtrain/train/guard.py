@@ -1,0 +1,58 @@
+"""Non-finite numbers and loss spikes.
+
+`NonFiniteGuard` runs as a step pre-hook of the optimizer DeepSpeed steps (the client optimizer,
+also inside ZeRO and bf16 wrappers, which hand it the fp32 master gradients): if any gradient on
+any rank holds a NaN or Inf, every rank drops its gradients, so the optimizer leaves weights and
+moments as they were. Ranks agree with one all-reduce, so pipeline stages, tensor-parallel and
+data-parallel ranks skip the same step. fp16 runs never reach it on an overflow: DeepSpeed's loss
+scaler skips those steps first.
+
+`SpikeDetector` flags a loss whose robust z-score (distance from the median of the last `window`
+losses, in units of their scaled median absolute deviation) exceeds `threshold`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+import torch
+
+
+class NonFiniteGuard:
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.skipped = False  # the last optimizer step was skipped
+
+    def __call__(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        bad = torch.zeros(1, device=self.device)
+        if params:
+            norms = torch._foreach_norm([p.grad.detach().float() for p in params])
+            bad = (~torch.isfinite(torch.stack(norms))).any().float().reshape(1)
+        if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        self.skipped = bool(bad.item())
+        if self.skipped:
+            for p in params:
+                p.grad = None  # torch's optimizers step only parameters that have a gradient
+
+
+class SpikeDetector:
+    def __init__(self, window: int, threshold: float):
+        self.losses: deque[float] = deque(maxlen=window)
+        self.threshold = threshold
+
+    def zscore(self, loss: float) -> float | None:
+        """The robust z-score of `loss` against the window so far (None until it holds 8 losses);
+        the loss then joins the window."""
+        score = None
+        if len(self.losses) >= 8:
+            median = statistics.median(self.losses)
+            mad = statistics.median(abs(x - median) for x in self.losses) * 1.4826
+            score = (loss - median) / max(mad, 1e-8 * max(abs(median), 1.0))
+        self.losses.append(loss)
+        return score
+
+    def is_spike(self, score: float | None) -> bool:
+        return score is not None and score > self.threshold
