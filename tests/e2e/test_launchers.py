@@ -110,10 +110,19 @@ def test_wandb_offline_and_tensorboard_follow_a_resumed_run(corpus, cache_dir, t
     stopped = launch(args, ROOT, env={**env, "BIGTRAIN_FAULT": "after_step:2"})
     assert stopped.returncode == 75, stopped.stdout[-2000:] + stopped.stderr[-3000:]
     assert "logging offline; upload later with wandb sync" in stopped.stdout
-    resumed = launch(args, ROOT, env=env)
+    # the relaunch has a key (explicitly offline) and another secret in its environment: neither
+    # may reach the console, configs, metrics, wandb's or TensorBoard's files or checkpoints
+    secrets = {"WANDB_API_KEY": "wandb-key-0123456789abcdef0123456789abcdef", "HF_TOKEN": "hf_secret_token_42"}
+    resumed = launch([*args, "logging.wandb_mode=offline"], ROOT, env={**env, **secrets})
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     rows = {r["step"]: r for r in read_metrics(run_dir)}
     assert sorted(rows) == [1, 2, 3, 4]
+    written = [f for f in run_dir.rglob("*") if f.is_file()]
+    assert len(written) > 20 and any(f.suffix == ".wandb" for f in written)
+    for secret in secrets.values():
+        assert secret not in resumed.stdout + resumed.stderr
+        leaks = [f for f in written if secret.encode() in f.read_bytes()]
+        assert not leaks, leaks
 
     files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 2  # one per launch, both the same wandb run
