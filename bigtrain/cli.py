@@ -15,7 +15,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 
 from bigtrain import launcher
-from bigtrain.config.hydra import CONF_PACKAGE, check_overrides, to_config  # light: no DeepSpeed, megatron, torch
+from bigtrain.config.hydra import (  # light: no DeepSpeed, megatron, torch
+    CONF_PACKAGE,
+    check_overrides,
+    check_run_dir,
+    to_config,
+)
 from bigtrain.config.schema import ConfigError
 from bigtrain.process import setup_process, wants_verbose
 
@@ -41,6 +46,7 @@ def pretrain() -> None:
     try:
         launcher.export(launcher.detect())  # srun's and mpirun's variables as torch.distributed's
         check_overrides(sys.argv[1:])
+        check_run_dir(sys.argv[1:])
     except (launcher.LaunchError, ConfigError) as err:
         if int(os.environ.get("RANK", "0")) == 0:  # every rank reaches it alike
             print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)

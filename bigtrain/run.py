@@ -5,9 +5,11 @@ The orchestrator: it alone holds the whole `Config` and hands each component its
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -155,6 +157,8 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     plan = _plan_on_one_rank(cfg.data, cfg.model.seq_len, ranks, log)
     tokenizer = plan.tokenizer
     vocab = model_vocab(cfg.model, tokenizer.vocab_size, layout.tensor)
+    params = parameter_count(cfg.model, vocab.padded)
+    _all_or_none(ranks, lambda: _check_checkpoint_space(cfg, run_dir, params), ranks.is_main, RunDirError)
     seed_everything(t.seed, ranks)
     engine, clipper, guard = build_engine(cfg, ranks, vocab, log=log)
     seed_everything(t.seed, ranks)  # dropout streams independent of how many layers this rank built
@@ -171,7 +175,6 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
         dp_rank=ranks.dp,
         vocab_size=tokenizer.vocab_size,
     )
-    params = parameter_count(cfg.model, vocab.padded)
     meter = _meter(cfg, vocab, params, layout.world_size, plan, log)
     sinks = _sinks(cfg, run_dir, state, params, layout) if ranks.is_main else None
     train_batches = Prefetched(Batches(train_ds, **batches))
@@ -314,6 +317,27 @@ def _sample(cfg: Config, engine, ranks: Ranks, tokenizer, vocab: Vocab) -> str:
     return t.sample_prompt + tokenizer.decode(ids)
 
 
+# Bytes per parameter of one checkpoint: DeepSpeed's files (fp32 weights and two Adam moments, plus
+# bf16/fp16 weights in mixed precision) and the layout-independent copy (fp32 weights and moments).
+CHECKPOINT_BYTES_PER_PARAM = {"fp32": 12 + 12, "bf16": 14 + 12, "fp16": 14 + 12}
+
+
+def _check_checkpoint_space(cfg: Config, run_dir: Path, params: int) -> None:
+    """Rank 0, before training: the disk holding the checkpoints has room for one more."""
+    root = _ckpt_root(cfg, run_dir)
+    probe = root
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    need = params * CHECKPOINT_BYTES_PER_PARAM[cfg.precision.dtype]
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise RunDirError(
+            f"the disk holding {root} has {free / 1e9:.3g} GB free, but one checkpoint needs about "
+            f"{need / 1e9:.3g} GB ({params:,} parameters × {CHECKPOINT_BYTES_PER_PARAM[cfg.precision.dtype]} bytes): "
+            "free space, or point trainer.ckpt_dir (or run.root) at a larger disk"
+        )
+
+
 def _plan_on_one_rank(data: DataConfig, seq_len: int, ranks: Ranks, log) -> DataPlan:
     """Local rank 0 prepares the built-in corpora (once per node) or checks the prepared prefixes;
     the others then open the cached result without re-checking. A failure stops every rank."""
@@ -323,5 +347,16 @@ def _plan_on_one_rank(data: DataConfig, seq_len: int, ranks: Ranks, log) -> Data
             return plan_prepared(data, seq_len, cache_root(data) / "index-cache", check=first)
         return plan_builtin(prepare(data, log=log if first else lambda *a: None), seq_len)
 
+    def plan_here() -> DataPlan:
+        try:
+            return plan(first=True)
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise DataError(
+                f"no space left on the disk holding the data cache {cache_root(data)}: free space, or set "
+                "data.cache_dir (or BIGTRAIN_CACHE) to a larger disk; a half-written cache is rebuilt next time"
+            ) from None
+
     first = ranks.local_rank == 0
-    return _all_or_none(ranks, lambda: plan(first=True), first, DataError) or plan(first=False)
+    return _all_or_none(ranks, plan_here, first, DataError) or plan(first=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -72,3 +73,29 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
                 f"{key}={value} is not a preset: use one of {', '.join(presets)}, "
                 f"or add {key}/{value}.yaml to a folder passed with --config-dir"
             )
+
+
+def writable_problem(path: Path) -> str | None:
+    """Why files cannot be created under `path` (created if missing), or None: checked on its
+    nearest existing ancestor, so nothing is created."""
+    probe = Path(path).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable (permissions, or a read-only filesystem)"
+    return None
+
+
+def check_run_dir(argv: list[str]) -> None:
+    """The run directory's place must be writable before Hydra creates it (Hydra would fail with
+    a traceback); read from run.root / hydra.run.dir on the command line, else ./outputs."""
+    values = dict(arg.lstrip("+").split("=", 1) for arg in argv if "=" in arg and not arg.startswith("-"))
+    key = "hydra.run.dir" if "hydra.run.dir" in values else "run.root"
+    where = values.get(key, "outputs")
+    if "${" in where:
+        return
+    problem = writable_problem(Path(where))
+    if problem:
+        raise ConfigError(f"{key}={where} cannot hold the run: {problem}: pass {key}=<a writable folder>")
