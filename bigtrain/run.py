@@ -41,7 +41,7 @@ from bigtrain.process import rank_prefix, set_verbosity, with_rank
 from bigtrain.train import consolidated
 from bigtrain.train.checkpoint import Checkpointer, CheckpointError, latest_checkpoint, read_meta
 from bigtrain.train.loop import NonFiniteError, Trainer, TrainState
-from bigtrain.train.rundir import RunDirError, RunLock, set_aside
+from bigtrain.train.rundir import RunDirError, RunLock, nearest_existing, set_aside
 from bigtrain.train.sample import evaluating, generate, last_logits
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM/SIGUSR1 after saving; relaunch to continue
@@ -200,7 +200,7 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     try:
         trainer.fit()
     except RuntimeError as err:  # gloo/NCCL: a broken connection or a timeout
-        if layout.world_size == 1 or not lost_peer(err):
+        if layout.world_size == 1 or isinstance(err, NonFiniteError) or not lost_peer(err):
             raise
         latest = latest_checkpoint(checkpointer.root)
         step, saving = trainer.state.step, checkpointer.saving
@@ -325,11 +325,8 @@ CHECKPOINT_BYTES_PER_PARAM = {"fp32": 12 + 12, "bf16": 14 + 12, "fp16": 14 + 12}
 def _check_checkpoint_space(cfg: Config, run_dir: Path, params: int) -> None:
     """Rank 0, before training: the disk holding the checkpoints has room for one more."""
     root = _ckpt_root(cfg, run_dir)
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
     need = params * CHECKPOINT_BYTES_PER_PARAM[cfg.precision.dtype]
-    free = shutil.disk_usage(probe).free
+    free = shutil.disk_usage(nearest_existing(root)).free
     if free < need:
         raise RunDirError(
             f"the disk holding {root} has {free / 1e9:.3g} GB free, but one checkpoint needs about "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from hydra import compose as hydra_compose
@@ -12,6 +11,7 @@ from omegaconf.errors import MissingMandatoryValue
 
 import bigtrain.conf
 from bigtrain.config.schema import Config, ConfigError, from_dict
+from bigtrain.train.rundir import writable_problem
 
 # The built-in presets ship inside the package; Hydra finds them as `pkg://bigtrain.conf`, and a
 # user's own presets join them with `--config-dir DIR` (or hydra.searchpath).
@@ -73,19 +73,6 @@ def check_overrides(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
                 f"{key}={value} is not a preset: use one of {', '.join(presets)}, "
                 f"or add {key}/{value}.yaml to a folder passed with --config-dir"
             )
-
-
-def writable_problem(path: Path) -> str | None:
-    """Why files cannot be created under `path` (created if missing), or None: checked on its
-    nearest existing ancestor, so nothing is created."""
-    probe = Path(path).absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is a file, not a folder"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable (permissions, or a read-only filesystem)"
-    return None
 
 
 def check_run_dir(argv: list[str]) -> None:
