@@ -235,7 +235,7 @@ def test_configs_are_data_never_code(tmp_path):
     """An override that looks like Python stays a string; nothing is evaluated."""
     marker = tmp_path / "evaluated"
     code = f"__import__('pathlib').Path('{marker}').touch()"
-    cfg = compose([f"model.name=\"{code}\"", f"run.name=\"{code.replace('/', '_')}\""])
+    cfg = compose([f'model.name="{code}"', f'run.name="{code.replace("/", "_")}"'])
     assert cfg.model.name == code and not marker.exists()
     with pytest.raises(ConfigError, match="must be an integer"):
         compose(["model.n_layers=\"__import__('os').getpid()\""])
