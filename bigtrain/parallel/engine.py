@@ -74,7 +74,7 @@ def build_engine(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config, mpu=mpu
     )
     if not plain_path(cfg):
-        return engine, None, _guard(optimizer, ranks)
+        return engine, None, _guard(optimizer, ranks, None)
     if layout.data == 1:
         # One data-parallel rank: DeepSpeed's gradient all-reduce would only flatten, copy and
         # unflatten every gradient (~6% of a small model's step on CPU).
@@ -82,12 +82,13 @@ def build_engine(
     clipper = GradClipper(cfg.optim.grad_clip)
     engine.optimizer.register_step_pre_hook(clipper)
     log(f"   gradient clipping at {cfg.optim.grad_clip} by bigtrain (whole-model norm, before each optimizer step)")
-    return engine, clipper, _guard(optimizer, ranks)
+    return engine, clipper, _guard(optimizer, ranks, clipper)
 
 
-def _guard(optimizer, ranks: Ranks) -> NonFiniteGuard:
+def _guard(optimizer, ranks: Ranks, clipper: GradClipper | None) -> NonFiniteGuard:
     """Skip an update with NaN/Inf gradients: a pre-hook of the optimizer DeepSpeed steps (the
-    client optimizer, also under ZeRO and bf16 wrappers), after bigtrain's clipping."""
-    guard = NonFiniteGuard(ranks.device)
+    client optimizer, also under ZeRO and bf16 wrappers), after bigtrain's clipping, whose norm
+    it reuses."""
+    guard = NonFiniteGuard(ranks.device, clipper)
     optimizer.register_step_pre_hook(guard)
     return guard
