@@ -8,33 +8,13 @@ import json
 import pytest
 
 from bigtrain.train.checkpoint import MANIFEST, CheckpointError, damage, resolve
-from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
+from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics, short_run
 
 pytestmark = pytest.mark.e2e
 
 
 def command(root, corpus, steps: int, extra=()) -> list[str]:
-    return [
-        PYTHON,
-        "launch/pretrain.py",
-        f"run.root={root}",
-        "run.name=damaged",
-        "model=tiny",
-        "model.n_layers=2",
-        "model.seq_len=32",
-        "data=shakespeare_char",
-        f"data.path={corpus}",
-        f"trainer.max_steps={steps}",
-        "trainer.micro_batch_size=4",
-        "trainer.global_batch_size=8",
-        "trainer.save_interval=4",
-        "trainer.eval_interval=4",
-        "trainer.eval_iters=1",
-        "trainer.sample_tokens=0",
-        "logging.progress_bar=false",
-        "logging.tensorboard=false",
-        *extra,
-    ]
+    return [PYTHON, "launch/pretrain.py", *short_run(root, "damaged", corpus, steps), *extra]
 
 
 def test_damaged_checkpoint_falls_back_to_the_previous_one(corpus, cache_dir, tmp_path):

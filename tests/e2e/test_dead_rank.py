@@ -9,33 +9,14 @@ import time
 
 import pytest
 
-from tests.helpers.launch import ROOT, free_port, launch, read_metrics
+from tests.helpers.launch import ROOT, free_port, launch, read_metrics, short_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
 
 def command(root, corpus, steps: int) -> list[str]:
     deepspeed = [shutil.which("deepspeed"), "--log_level=warning", "--num_gpus", "2", "--master_port", str(free_port())]
-    return [
-        *deepspeed,
-        "launch/pretrain.py",
-        f"run.root={root}",
-        "run.name=dead",
-        "model=tiny",
-        "model.n_layers=2",
-        "model.seq_len=32",
-        "data=shakespeare_char",
-        f"data.path={corpus}",
-        f"trainer.max_steps={steps}",
-        "trainer.micro_batch_size=4",
-        "trainer.global_batch_size=8",
-        "trainer.save_interval=4",
-        "trainer.eval_interval=4",
-        "trainer.eval_iters=1",
-        "trainer.sample_tokens=0",
-        "logging.progress_bar=false",
-        "logging.tensorboard=false",
-    ]
+    return [*deepspeed, "launch/pretrain.py", *short_run(root, "dead", corpus, steps)]
 
 
 def run_with_fault(tmp_path, corpus, fault: str):

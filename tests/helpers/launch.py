@@ -42,3 +42,26 @@ def deepspeed_command(ranks: int) -> list[str]:
         str(free_port()),
         "launch/pretrain.py",
     ]
+
+
+def short_run(root, name: str, corpus, steps: int) -> list[str]:
+    """The overrides of the fault tests' short run: a 2-layer tiny model on shakespeare_char named
+    `name` under `root`, checkpointing and evaluating every 4 steps, no sample."""
+    return [
+        f"run.root={root}",
+        f"run.name={name}",
+        "model=tiny",
+        "model.n_layers=2",
+        "model.seq_len=32",
+        "data=shakespeare_char",
+        f"data.path={corpus}",
+        f"trainer.max_steps={steps}",
+        "trainer.micro_batch_size=4",
+        "trainer.global_batch_size=8",
+        "trainer.save_interval=4",
+        "trainer.eval_interval=4",
+        "trainer.eval_iters=1",
+        "trainer.sample_tokens=0",
+        "logging.progress_bar=false",
+        "logging.tensorboard=false",
+    ]
