@@ -11,6 +11,8 @@ with it, at deterministic points:
     kill_mid_step:N   the last rank SIGKILLs itself in step N, after a forward pass and before its
                       gradients are reduced (a dead rank: the others must stop, naming it)
     kill_mid_save:N   the last rank SIGKILLs itself while checkpoint N is being written
+    hang_mid_step:N   the last rank stops itself (SIGSTOP) in step N, where kill_mid_step kills:
+                      a hung rank, which only the collective timeout can detect
     nan_loss:N        the last rank's training loss in step N is NaN (so are its gradients)
     spike_loss:N      the last rank's training loss in step N is 50 times too large
     slow_exit:N       after a signal stopped the run at step N and its checkpoint is saved, the
@@ -57,13 +59,15 @@ def fault_point(where: str, step: int) -> None:
     if not _armed(where, step):
         return
     last = torch.distributed.get_world_size() - 1
-    on_last = where in ("slow_exit", "kill_mid_step", "kill_mid_save")
+    on_last = where in ("slow_exit", "kill_mid_step", "kill_mid_save", "hang_mid_step")
     if torch.distributed.get_rank() != (last if on_last else 0):
         return
     if where == "slow_exit":
         time.sleep(10)
     elif where in ("kill_mid_step", "kill_mid_save"):
         os.kill(os.getpid(), signal.SIGKILL)
+    elif where == "hang_mid_step":
+        os.kill(os.getpid(), signal.SIGSTOP)
     elif where == "after_step":
         os.kill(os.getpid(), signal.SIGTERM)
     elif where == "before_publish":

@@ -17,6 +17,7 @@ setup_process()  # what every entry point does first, before DeepSpeed and megat
 from bigtrain.config import Config, validate  # noqa: E402
 from bigtrain.parallel.state import init_distributed, seed_everything  # noqa: E402
 from tests.distributed.parity import REPORT  # noqa: E402
+from tests.e2e.test_random_kills import LOST  # noqa: E402
 from tests.helpers.launch import SHAKESPEARE  # noqa: E402
 
 
@@ -72,6 +73,10 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter):
     """The parity figures of this session, one line per layout (the README table's source)."""
 
+    if LOST:
+        terminalreporter.write_line("kill -9 at random steps, steps lost per kill (checkpoint every 4 steps):")
+        for name, lost in LOST.items():
+            terminalreporter.write_line(f"  {name:12s} {lost}")
     if REPORT:
         terminalreporter.write_line("layout parity, worst relative loss difference vs one process:")
         for name, figures in REPORT.items():

@@ -5,10 +5,18 @@ failure every surviving rank checks in at the rendezvous store (the one torch.di
 initialized with) and reads who else did within a few seconds: the ranks that did not are the
 ones named. If the store itself is unreachable, the process that hosted it is gone (rank 0
 under the deepspeed launcher, srun and mpirun; torchrun's agent under torchrun).
+
+A named rank on the survivor's own host is SIGKILLed (every rank leaves its host and pid at the
+store when the job starts): a stopped or hung process ignores the launcher's SIGTERM, and the
+deepspeed launcher waits 30 s before its SIGKILL, torchrun longer. The job is over once a
+collective has timed out; this only ends it sooner.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
 import time
 from datetime import timedelta
 
@@ -29,6 +37,31 @@ def lost_peer(err: Exception) -> bool:
     """Whether `err` is a collective's failure rather than this rank's own bug."""
     text = str(err)
     return isinstance(err, torch.distributed.DistError) or any(marker in text for marker in LOST_PEER_MARKERS)
+
+
+def register(rank: int) -> None:
+    """Leave this rank's host and pid at the store, for `describe` to end it if it hangs."""
+    store = torch.distributed.distributed_c10d._get_default_store()
+    store.set(f"bigtrain/pid/{rank}", f"{socket.gethostname()} {os.getpid()}")
+
+
+def kill_local(ranks: list[int]) -> list[int]:
+    """SIGKILL those of `ranks` still running on this host (not dead: a zombie is left alone); the
+    ranks killed."""
+    killed = []
+    for rank in ranks:
+        try:
+            store = torch.distributed.distributed_c10d._get_default_store()
+            host, pid = store.get(f"bigtrain/pid/{rank}").decode().split()
+            if host != socket.gethostname() or int(pid) == os.getpid():
+                continue
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+            if state not in ("Z", "X"):
+                os.kill(int(pid), signal.SIGKILL)
+                killed.append(rank)
+        except Exception:  # noqa: BLE001, S112  (no store, no /proc, a process already gone: nothing to end)
+            continue
+    return killed
 
 
 def missing_ranks(rank: int, world: int, wait_s: float = CHECK_IN_S) -> list[int] | None:
@@ -58,6 +91,8 @@ def describe(err: Exception, rank: int, world: int, step: int, saving: bool, lat
         who = "every rank is alive, but a collective failed"
     where = f"while saving the checkpoint of step {step}" if saving else f"during step {step + 1}"
     resume = f"the latest complete checkpoint is {latest}" if latest else "there is no complete checkpoint yet"
+    if killed := kill_local(gone or []):
+        resume += f"; rank{'s' if len(killed) > 1 else ''} {', '.join(map(str, killed))} hung on this host, now killed"
     text = str(err).strip()
     first = text.splitlines()[0].split(". ")[0][:200] if text else type(err).__name__
     return PeerLost(

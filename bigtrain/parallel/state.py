@@ -7,7 +7,6 @@ the same map, which `tests/unit/test_topology.py` checks.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import socket
@@ -22,6 +21,7 @@ from megatron.core import parallel_state, tensor_parallel
 from bigtrain.config.schema import ParallelConfig
 from bigtrain.config.validate import Layout
 from bigtrain.model.layers import TensorParallel
+from bigtrain.parallel import health
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def init_distributed(layout: Layout, timeout_s: int = 600) -> Ranks:
     Under a launcher (deepspeed, torchrun, srun) the environment says where this rank is; a plain
     `python` run is a world of one on a free local port, and the environment is left as it is.
     `timeout_s` (parallel.collective_timeout_s): how long a collective waits for a rank that stopped
-    answering before it fails (megatron-core's groups round it up to whole minutes).
+    answering before it fails, in every group (megatron-core's too).
     """
     cuda = torch.cuda.is_available()
     backend = "nccl" if cuda else "gloo"
@@ -87,8 +87,13 @@ def init_distributed(layout: Layout, timeout_s: int = 600) -> Ranks:
         )
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
-            layout.tensor, layout.pipeline, distributed_timeout_minutes=math.ceil(timeout_s / 60)
+            # timedelta(minutes=) takes fractions: seconds as set, not rounded to minutes
+            layout.tensor,
+            layout.pipeline,
+            distributed_timeout_minutes=timeout_s / 60,
         )
+    if world > 1:
+        health.register(torch.distributed.get_rank())
     return Ranks(
         rank=torch.distributed.get_rank(),
         local_rank=local_rank,

@@ -27,6 +27,7 @@ import json
 import random
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -228,6 +229,7 @@ class Checkpointer:
 
     def _save(self, engine, state, root: Path) -> Path:
         final, staging = root / tag(state.step), root / (tag(state.step) + PARTIAL)
+        started = time.perf_counter()
         rng = _capture_rng()  # saving may draw random numbers (DeepSpeed's pipeline does)
         # A PipelineModule reseeds every layer's forward from its count of micro-batches seen.
         rng["pipe_micro_offset"] = getattr(engine.module, "micro_offset", 0)
@@ -243,13 +245,14 @@ class Checkpointer:
         (staging / "rng").mkdir(parents=True, exist_ok=True)
         torch.save(rng, staging / "rng" / f"rank{self.ranks.rank}.pt")
         _restore_rng(rng)  # so a run that saves trains exactly like one that does not
-        consolidated.save(engine, staging / "bigtrain", self.cfg.model.n_layers, self.ranks, self.vocab)
+        stats = consolidated.save(engine, staging / "bigtrain", self.cfg.model.n_layers, self.ranks, self.vocab)
         if self.ranks.is_main:
             shutil.copy(self.tokenizer.path, staging / "bigtrain" / self.tokenizer.saved_name)
         torch.distributed.barrier()
         names = checkpoint_files(staging) if self.ranks.is_main else None
         names = _broadcast(names, self.ranks)
-        shares = _gather(hash_share(staging, names, self.ranks.rank, self.ranks.layout.world_size), self.ranks)
+        share = hash_share(staging, names, self.ranks.rank, self.ranks.layout.world_size)
+        shares, per_rank = zip(*_gather((share, stats.as_dict()), self.ranks), strict=True)
         fault_point("before_publish", state.step)
         if self.ranks.is_main:
             manifest = {name: entry for share in shares for name, entry in share.items()}
@@ -270,6 +273,9 @@ class Checkpointer:
                 "precision": self.cfg.precision.dtype,
                 "adam_step": consolidated.adam_step(engine),
                 "loss_scale": _loss_scale_or_none(engine),
+                # the whole save's wall time until now, and the consolidated copy's per rank
+                "save_seconds": round(time.perf_counter() - started, 3),
+                "consolidated_save": {"per_rank": list(per_rank)},
             }
             (staging / "bigtrain" / "meta.json").write_text(json.dumps(meta, indent=1))
             if final.exists():

@@ -8,10 +8,24 @@ tensor/data-parallel rank writes its layers to `model-ppNN.safetensors` (weights
 for whatever layout is running now and sets both the model weights and, under ZeRO or mixed
 precision, DeepSpeed's fp32 master copies and optimizer state, so training continues as if the
 layout had never changed.
+
+The copy streams: every tensor's shape is known before any is gathered, so the writer puts the
+safetensors header down first and then gathers, writes and frees one tensor at a time. A rank
+holds at most one full tensor (plus, under tensor parallelism, its gathered shards) whatever the
+model's size; `SaveStats` counts those bytes as they are allocated and freed. Loading reads one
+tensor at a time from the memory-mapped files (`TensorFiles`).
 """
 
 from __future__ import annotations
 
+import json
+import math
+import struct
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import deepspeed
@@ -23,13 +37,13 @@ from deepspeed.utils import (
     safe_set_full_optimizer_state,
 )
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from bigtrain.model.layers import Vocab
 from bigtrain.parallel.state import Ranks, tensor_parallel_group
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
 VOCAB_ROWS = ("embed.word.weight", "head.proj.weight")
+BLOCK_BYTES = 16 << 20  # a tensor-parallel tensor is reassembled and written in blocks of this size
 
 
 def canonical_name(name: str, n_layers: int) -> str:
@@ -77,14 +91,6 @@ def _full_moment(engine, p, key: str) -> torch.Tensor:
     return state[key].float() if key in state else torch.zeros(p.shape, device=p.device)
 
 
-def _gather_tp(local: torch.Tensor, p, size: int) -> torch.Tensor:
-    if not getattr(p, "tensor_model_parallel", False) or size == 1:
-        return local
-    parts = [torch.empty_like(local) for _ in range(size)]
-    torch.distributed.all_gather(parts, local.contiguous(), group=tensor_parallel_group())
-    return torch.cat(parts, dim=p.partition_dim)
-
-
 def _link_optimizer_state(engine) -> None:
     """Point DeepSpeed's per-parameter views at the optimizer's current state tensors.
 
@@ -97,33 +103,183 @@ def _link_optimizer_state(engine) -> None:
         opt._lazy_init_hp_params_optimizer_state()
 
 
-def save(engine, out: Path, n_layers: int, ranks: Ranks, vocab: Vocab) -> None:
-    """Collective over all ranks; the first tensor/data rank of each stage writes its files."""
+@dataclass
+class SaveStats:
+    """What one rank's consolidated save held and took. Bytes are counted as the save allocates
+    tensors and released only when Python frees them (a weakref finalizer), so a tensor kept
+    alive by mistake keeps counting."""
+
+    held_bytes: int = 0
+    peak_host_bytes: int = 0
+    largest_tensor_bytes: int = 0
+    written_bytes: int = 0
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def hold(self, tensor: torch.Tensor) -> torch.Tensor:
+        size = tensor.numel() * tensor.element_size()
+        with self._lock:
+            self.held_bytes += size
+            self.peak_host_bytes = max(self.peak_host_bytes, self.held_bytes)
+        weakref.finalize(tensor, self._release, size)
+        return tensor
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self.held_bytes -= size
+
+    def as_dict(self) -> dict:
+        keys = ("peak_host_bytes", "largest_tensor_bytes", "written_bytes")
+        return {**{k: getattr(self, k) for k in keys}, "seconds": round(self.seconds, 3)}
+
+
+class _StreamingFile:
+    """A safetensors file written one tensor at a time: the header (names, fp32 shapes, offsets)
+    first, then each tensor's bytes in header order."""
+
+    def __init__(self, path: Path | None, entries: list[tuple[str, tuple[int, ...]]]):
+        self.sizes = {name: 4 * math.prod(shape) for name, shape in entries}
+        self.order = iter(entries)
+        self.file = None
+        if path is None:  # a rank that gathers but does not write
+            return
+        header, offset = {}, 0
+        for name, shape in entries:
+            header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + self.sizes[name]]}
+            offset += self.sizes[name]
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+        self.file = open(path, "wb")  # noqa: SIM115 (closed by close())
+        self.file.write(struct.pack("<Q", len(raw)) + raw)
+
+    def write(self, name: str, blocks: Iterator[torch.Tensor], stats: SaveStats) -> None:
+        expected, _ = next(self.order)
+        if name != expected:
+            raise RuntimeError(f"consolidated save wrote {name} where the header has {expected}")
+        written = 0
+        for block in blocks:
+            if block._base is None:  # a copy (a view of the gathered tensor is already counted)
+                stats.hold(block)
+            if self.file is not None:
+                self.file.write(memoryview(block.numpy()).cast("B"))
+            written += block.numel() * 4
+        if written != self.sizes[name]:
+            raise RuntimeError(f"consolidated save: {name} has {written} bytes, its header {self.sizes[name]}")
+        if self.file is not None:
+            stats.written_bytes += written
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+            self.file.close()
+
+
+def _full_shape(name: str, p, tp_size: int, vocab: Vocab) -> tuple[int, ...]:
+    shape = list(getattr(p, "ds_shape", p.shape))
+    if getattr(p, "tensor_model_parallel", False):
+        shape[p.partition_dim] *= tp_size
+    if name in VOCAB_ROWS:
+        shape[0] = vocab.size
+    return tuple(shape)
+
+
+def _gathered(local: torch.Tensor, p, size: int, stats: SaveStats) -> torch.Tensor:
+    """[tp, *local]: every tensor-parallel rank's shard of this tensor, on the host."""
+    local = stats.hold(local.detach().float().cpu().contiguous())
+    if not getattr(p, "tensor_model_parallel", False) or size == 1:
+        return local.unsqueeze(0)
+    out = stats.hold(torch.empty((size, *local.shape), dtype=local.dtype))
+    torch.distributed.all_gather(list(out.unbind(0)), local, group=tensor_parallel_group())
+    return out
+
+
+def _row_blocks(gathered: torch.Tensor, dim: int, rows: int) -> Iterator[torch.Tensor]:
+    """The full tensor's first `rows` rows (shards joined along `dim`) as contiguous blocks of
+    about BLOCK_BYTES, copying no more than one block at a time."""
+    size, local = gathered.shape[0], gathered.shape[1:]
+    if len(local) == 0:
+        yield gathered.reshape(-1)[:rows].contiguous()
+        return
+    if dim == 0 or size == 1:
+        full = gathered.reshape(size * local[0], *local[1:])[:rows]
+        step = max(1, BLOCK_BYTES // max(1, full[0].numel() * 4))
+        for start in range(0, rows, step):
+            yield full[start : start + step].contiguous()
+        return
+    full_row = size * math.prod(local[1:])
+    step = max(1, BLOCK_BYTES // max(1, full_row * 4))
+    for start in range(0, rows, step):
+        block = gathered[:, start : min(start + step, rows)].movedim(0, dim)
+        yield block.reshape(block.shape[0], *local[1:dim], size * local[dim], *local[dim + 1 :])
+
+
+def save(engine, out: Path, n_layers: int, ranks: Ranks, vocab: Vocab) -> SaveStats:
+    """Collective over all ranks; the first tensor/data rank of each stage writes its files,
+    streaming one tensor at a time (see the module docstring)."""
+    start, stats = time.perf_counter(), SaveStats()
     out.mkdir(parents=True, exist_ok=True)
     _link_optimizer_state(engine)
     writer = ranks.tp == 0 and ranks.dp == 0
-    weights, moments = {}, {}
-    for name, p in local_params(engine.module, n_layers):
-        if name.startswith("embed.") and not ranks.is_first_stage:
-            continue  # the last stage's copy of the tied embedding
-        tensors = {"": _full_fp32(p), **{k: _full_moment(engine, p, k) for k in MOMENTS}}
-        tensors = {k: _gather_tp(v, p, ranks.layout.tensor).cpu() for k, v in tensors.items()}  # on device
-        if name in VOCAB_ROWS:
-            tensors = {k: v[: vocab.size] for k, v in tensors.items()}
-        weights[name] = tensors.pop("").contiguous()
-        moments.update({f"{k}/{name}": v.contiguous() for k, v in tensors.items()})
-    if writer:
-        save_file(weights, str(out / f"model-pp{ranks.pp:02d}.safetensors"))
-        save_file(moments, str(out / f"optim-pp{ranks.pp:02d}.safetensors"))
+    tp_size = ranks.layout.tensor
+    params = [
+        (name, p)
+        for name, p in local_params(engine.module, n_layers)
+        if not (name.startswith("embed.") and not ranks.is_first_stage)  # the last stage's tied copy
+    ]
+    shapes = {name: _full_shape(name, p, tp_size, vocab) for name, p in params}
+    stats.largest_tensor_bytes = 4 * max((math.prod(s) for s in shapes.values()), default=0)
+    weights = _StreamingFile(
+        out / f"model-pp{ranks.pp:02d}.safetensors" if writer else None, [(n, shapes[n]) for n, _ in params]
+    )
+    moments = _StreamingFile(
+        out / f"optim-pp{ranks.pp:02d}.safetensors" if writer else None,
+        [(f"{k}/{n}", shapes[n]) for n, _ in params for k in MOMENTS],
+    )
+    try:
+        for name, p in params:
+            dim, rows = getattr(p, "partition_dim", 0), shapes[name][0] if shapes[name] else 1
+            weights.write(name, _row_blocks(_gathered(_full_fp32(p), p, tp_size, stats), dim, rows), stats)
+            for key in MOMENTS:
+                blocks = _row_blocks(_gathered(_full_moment(engine, p, key), p, tp_size, stats), dim, rows)
+                moments.write(f"{key}/{name}", blocks, stats)
+    finally:
+        weights.close()
+        moments.close()
+    stats.seconds = time.perf_counter() - start
+    return stats
 
 
-def read_tensors(folder: Path, kind: str = "model") -> dict[str, torch.Tensor]:
-    """All of a consolidated checkpoint's tensors of one kind, by canonical name (safe loading)."""
-    tensors = {}
-    for file in sorted(folder.glob(f"{kind}-pp*.safetensors")):
-        with safe_open(str(file), framework="pt") as f:
-            tensors.update({k: f.get_tensor(k) for k in f.keys()})
-    return tensors
+class TensorFiles(Mapping):
+    """A consolidated checkpoint's tensors of one kind by canonical name, read one at a time from
+    the memory-mapped safetensors files (safe loading: no pickle)."""
+
+    def __init__(self, folder: Path, kind: str = "model"):
+        self.files = {}
+        for file in sorted(folder.glob(f"{kind}-pp*.safetensors")):
+            with safe_open(str(file), framework="pt") as f:
+                self.files.update(dict.fromkeys(f.keys(), file))
+        self._open = {}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        file = self.files[name]
+        if file not in self._open:
+            self._open[file] = safe_open(str(file), framework="pt")
+        return self._open[file].get_tensor(name)
+
+    def __contains__(self, name) -> bool:
+        return name in self.files
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+def read_tensors(folder: Path, kind: str = "model") -> TensorFiles:
+    """All of a consolidated checkpoint's tensors of one kind, by canonical name, each read when
+    asked for."""
+    return TensorFiles(folder, kind)
 
 
 def shard_for(full: torch.Tensor, name: str, p, padded_vocab: int, tp_rank: int = 0, tp_size: int = 1) -> torch.Tensor:

@@ -163,11 +163,13 @@ class Trainer:
         if self.pipelined:
             batches = iter(self.train_batches.step_batches(step))
             fault_point("kill_mid_step", step + 1)
+            fault_point("hang_mid_step", step + 1)
             return float(self.engine.train_batch(data_iter=_pipe_inputs(batches)))
         losses = []
         for batch in self.train_batches.step_batches(step):
             loss = self.forward_loss(batch)
             fault_point("kill_mid_step", step + 1)
+            fault_point("hang_mid_step", step + 1)
             self.engine.backward(loss)
             self.engine.step()
             losses.append(loss.detach())

@@ -53,3 +53,23 @@ def test_a_rank_killed_mid_save_keeps_the_last_complete_checkpoint(corpus, cache
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {ckpts / 'step_00000004'} at step 4" in resumed.stdout
     assert [r["step"] for r in read_metrics(run)] == list(range(1, 11))
+
+
+def test_a_hung_rank_is_named_after_the_collective_timeout(corpus, cache_dir, tmp_path):
+    """A rank that stops answering without dying (SIGSTOP) breaks no connection: only the
+    collective timeout (parallel.collective_timeout_s, here 15 s) ends the wait. The survivor then
+    SIGKILLs the hung rank on its host, so the job ends without the launcher's 30 s SIGTERM grace
+    (which a stopped process would sit out)."""
+    cmd = [*command(tmp_path, corpus, 10), "parallel.collective_timeout_s=15"]
+    started = time.time()
+    proc = launch(cmd, ROOT, env={"BIGTRAIN_FAULT": "hang_mid_step:6"}, timeout=300)
+    run = tmp_path / "dead"
+    waited = time.time() - os.path.getmtime(run / "metrics.jsonl")
+    assert proc.returncode != 0
+    assert (
+        "bigtrain: error: rank 1 died or stopped responding (during step 6; last completed step 5; "
+        "the latest complete checkpoint is step_00000004; rank 1 hung on this host, now killed)" in proc.stderr
+    ), proc.stderr[-3000:]
+    assert [r["step"] for r in read_metrics(run)] == [1, 2, 3, 4, 5]
+    took = f"the job took {waited:.0f} s to end after the hang ({time.time() - started:.0f} s in all)"
+    assert 15 <= waited < 45, took

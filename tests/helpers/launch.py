@@ -65,3 +65,16 @@ def short_run(root, name: str, corpus, steps: int) -> list[str]:
         "logging.progress_bar=false",
         "logging.tensorboard=false",
     ]
+
+
+def assert_streamed(ckpt: Path) -> None:
+    """`ckpt`'s consolidated copy was written one tensor at a time: no rank held more than twice
+    its largest tensor at once (under tensor parallelism, the gathered shards plus one block of
+    the joined tensor), a small part of the whole copy."""
+    meta = json.loads((ckpt / "bigtrain" / "meta.json").read_text())
+    copy = sum(f.stat().st_size for f in (ckpt / "bigtrain").glob("*.safetensors"))
+    ranks = meta["consolidated_save"]["per_rank"]
+    assert len(ranks) == meta["layout"]["world_size"]
+    for rank, r in enumerate(ranks):
+        assert 0 < r["peak_host_bytes"] <= 2 * r["largest_tensor_bytes"], (rank, r)
+        assert r["peak_host_bytes"] < copy / 4, (rank, r, copy)
