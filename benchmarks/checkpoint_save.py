@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
+import os
 import shutil
 import subprocess
 import sys
@@ -33,6 +33,7 @@ from safetensors import safe_open
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bigtrain.metrics.peak import _cpu_name  # noqa: E402
 from tests.helpers.launch import deepspeed_command  # noqa: E402
 
 
@@ -59,7 +60,8 @@ def run(model: str, workdir: Path) -> dict:
         "trainer.global_batch_size=2",
         "trainer.max_steps=2",
         "trainer.save_interval=2",
-        "trainer.eval_interval=0",
+        "trainer.eval_interval=1000",
+        "trainer.eval_iters=1",
         "trainer.sample_tokens=0",
         f"run.root={workdir}",
         f"run.name={model}",
@@ -99,7 +101,7 @@ def main() -> None:
     results = [run(m, args.workdir) for m in args.models]
     out = {
         "command": "python benchmarks/checkpoint_save.py " + " ".join(sys.argv[1:]),
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads per rank",
         "versions": {
             "torch": torch.__version__,
             "deepspeed": deepspeed.__version__,

@@ -12,6 +12,7 @@ import os
 import sys
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 
 from bigtrain import launcher
@@ -59,6 +60,46 @@ def pretrain() -> None:
         sys.exit(main(tree, HydraConfig.get().runtime.output_dir))
 
     _pretrain()
+
+
+def plan() -> None:
+    """`bigtrain-plan model=… cluster.nodes=N cluster.gpus_per_node=G cluster.gpu_memory_gb=M`:
+    predicted memory per rank and step time for every layout of the cluster, ranked (see
+    bigtrain/plan.py). Other overrides are the training command's; `cluster.*` keys are
+    bigtrain.plan.Cluster's fields."""
+    from bigtrain.config.hydra import compose  # noqa: PLC0415
+    from bigtrain.config.schema import ConfigError, from_dict  # noqa: PLC0415
+    from bigtrain.plan import Cluster, candidates, planning_vocab, report, tokens_per_second  # noqa: PLC0415
+
+    args = sys.argv[1:]
+    machine = {a.split("=", 1)[0][len("cluster.") :]: a.split("=", 1)[1] for a in args if a.startswith("cluster.")}
+    overrides = [a for a in args if not a.startswith("cluster.")]
+    try:
+        check_overrides(overrides)
+        cluster = from_dict({k: yaml.safe_load(v) for k, v in machine.items()}, Cluster, "cluster.")
+        cfg = compose(overrides)
+        plans = candidates(cfg, cluster, planning_vocab(cfg))
+    except ConfigError as err:
+        print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    print(
+        f"{cfg.model.name}: {cluster.nodes} node(s) × {cluster.gpus_per_node} devices of "
+        f"{cluster.gpu_memory_gb:g} GB, {cluster.peak_tflops:g} TFLOP/s peak; global batch "
+        f"{cfg.trainer.global_batch_size} × {cfg.model.seq_len} tokens, micro-batch {cfg.trainer.micro_batch_size}, "
+        f"{cfg.precision.dtype}, activation checkpointing {cfg.trainer.activation_checkpointing}"
+    )
+    fitting = [p for p in plans if p.fits]
+    print(f"{len(fitting)} of {len(plans)} layouts fit, fastest first:")
+    print(f"  {'layout':22s} {'GB/rank':>8s} {'step s':>8s} {'tokens/s':>12s}")
+    for p in fitting:
+        print(f"  {p.name():22s} {p.total_bytes / 1e9:8.1f} {p.step_seconds:8.3g} {tokens_per_second(p, cfg):12,.0f}")
+    print("do not fit:")
+    for p in plans:
+        if not p.fits:
+            print(f"  {p.name():22s} {p.reason}")
+    if fitting:
+        print()
+        print(report(fitting[0], cfg))
 
 
 def prepare() -> None:

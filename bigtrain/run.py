@@ -37,6 +37,7 @@ from bigtrain.parallel.engine import build_engine
 from bigtrain.parallel.health import PeerLost, describe, lost_peer
 from bigtrain.parallel.pipeline import pipeline_logits
 from bigtrain.parallel.state import Ranks, seed_everything, tensor_parallel_plan
+from bigtrain.plan import Cluster, plan, planning_vocab, report
 from bigtrain.process import rank_prefix, set_verbosity, with_rank
 from bigtrain.train import consolidated
 from bigtrain.train.checkpoint import Checkpointer, CheckpointError, latest_checkpoint, read_meta
@@ -76,6 +77,18 @@ def main(tree, run_dir: str) -> int:
     return EXIT_INTERRUPTED if summary.get("interrupted") else 0
 
 
+def _dry_run(cfg: Config, layout) -> dict:
+    """trainer.dry_run: the planner's prediction for this layout on this machine; no process group."""
+    try:
+        cluster = Cluster.this_machine(layout.world_size, cfg.precision.dtype, cfg.logging.peak_tflops)
+        prediction = plan(cfg, cluster, layout, planning_vocab(cfg))
+    except ConfigError as err:
+        raise _on_every_rank(err) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(report(prediction, cfg), flush=True)
+    return {"dry_run": True, "fits": prediction.fits}
+
+
 def _on_every_rank(err: Exception) -> Exception:
     """Mark an error that every rank raises identically (rank 0 alone reports it)."""
     err.on_every_rank = True
@@ -88,6 +101,8 @@ def run(cfg: Config, run_dir: Path) -> dict:
         layout = validate(cfg)  # before any process group
     except ConfigError as err:
         raise _on_every_rank(err) from None
+    if cfg.trainer.dry_run:
+        return _dry_run(cfg, layout)
     set_verbosity(cfg.logging.verbose)
     ranks = pstate.init_distributed(layout, cfg.parallel.collective_timeout_s)
     log = print if ranks.is_main else (lambda *a, **k: None)

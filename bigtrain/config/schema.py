@@ -178,6 +178,9 @@ class TrainerConfig:
     # losses is logged as an event (metrics.jsonl "event": "loss_spike", wandb train/loss_spike).
     spike_window: int = 100
     spike_zscore: float = 6.0
+    # Print the planner's memory and step-time prediction for this layout (launch/plan.py's) and
+    # exit before any process group starts.
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)

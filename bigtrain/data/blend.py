@@ -11,7 +11,6 @@ component with fewer tokens than one sample.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from bigtrain.config.schema import ConfigError, DataConfig
 from bigtrain.data.corpus import DataError
 from bigtrain.data.prepare import Prepared
 from bigtrain.data.tokenizer import load_tokenizer
+from bigtrain.files import sha256_file
 
 SCAN_CHUNK = 1 << 22  # tokens per read when looking for the largest id
 SCAN_LIMIT = 1 << 26  # a prefix with more tokens is checked on 16 evenly spaced chunks
@@ -78,7 +78,7 @@ def plan_prepared(cfg: DataConfig, seq_len: int, cache: Path, check: bool = True
     if not train:
         raise ConfigError("data.source=prepared needs data.blend: pass data.blend=[0.3,/data/a,0.7,/data/b]")
     tokenizer = _tokenizer(cfg, train[0].prefix)
-    digest = hashlib.sha256(tokenizer.path.read_bytes()).hexdigest()
+    digest = sha256_file(tokenizer.path)
     opened = {}
     for source in train + valid:
         if source.prefix not in opened:

@@ -32,6 +32,7 @@ from bigtrain.data.corpus import DataError
 from bigtrain.data.encoding import encode_batch, init_encoder
 from bigtrain.data.sources import Skips, documents, expand_inputs
 from bigtrain.data.tokenizer import load_tokenizer, token_dtype, train_tokenizer
+from bigtrain.files import sha256_file
 
 
 def prepare_corpus(cfg: PrepareConfig, log=print) -> dict:
@@ -83,7 +84,7 @@ def prepare_corpus(cfg: PrepareConfig, log=print) -> dict:
         # Training finds the tokenizer by this file and refuses prefixes prepared with another one.
         "tokenizer": {
             "file": tokenizer_file.name,
-            "sha256": hashlib.sha256(tokenizer_file.read_bytes()).hexdigest(),
+            "sha256": sha256_file(tokenizer_file),
             "vocab_size": tokenizer.vocab_size,
             "eod": tokenizer.eod,
             "eod_token": tokenizer.eod_token,

@@ -22,7 +22,6 @@ complete checkpoint when one is truncated or corrupted, saying so.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import random
 import shutil
@@ -36,6 +35,7 @@ from megatron.core import tensor_parallel
 
 from bigtrain.config.schema import Config, ModelConfig
 from bigtrain.faults import fault_point
+from bigtrain.files import sha256_file
 from bigtrain.model.layers import Vocab
 from bigtrain.parallel.state import Ranks
 from bigtrain.train import consolidated
@@ -111,14 +111,6 @@ def read_meta(ckpt: Path) -> dict:
     return json.loads((ckpt / "bigtrain" / "meta.json").read_text())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 23):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def checkpoint_files(ckpt: Path) -> list[str]:
     """The files the manifest covers: all of them but the manifest and meta.json (written last)."""
     skip = {f"bigtrain/{MANIFEST}", "bigtrain/meta.json"}
@@ -128,7 +120,7 @@ def checkpoint_files(ckpt: Path) -> list[str]:
 
 def hash_share(ckpt: Path, names: list[str], rank: int, world: int) -> dict:
     """This rank's share of the files: {name: [size, sha256]}."""
-    return {n: [(ckpt / n).stat().st_size, _sha256(ckpt / n)] for n in names[rank::world]}
+    return {n: [(ckpt / n).stat().st_size, sha256_file(ckpt / n)] for n in names[rank::world]}
 
 
 def damage(ckpt: Path, rank: int = 0, world: int = 1) -> str | None:
@@ -148,7 +140,7 @@ def damage(ckpt: Path, rank: int = 0, world: int = 1) -> str | None:
             return f"{name} is missing"
         if file.stat().st_size != size:
             return f"{name} has {file.stat().st_size:,} bytes, {size:,} when saved (truncated?)"
-        if _sha256(file) != digest:
+        if sha256_file(file) != digest:
             return f"{name} does not match the SHA-256 recorded when it was saved (corrupted)"
     return None
 
@@ -301,7 +293,7 @@ class Checkpointer:
             return
         file = ckpt / "bigtrain" / saved["file"]
         same = saved["vocab_size"] == self.tokenizer.vocab_size and (
-            not file.is_file() or _sha256(file) == _sha256(Path(self.tokenizer.path))
+            not file.is_file() or sha256_file(file) == sha256_file(Path(self.tokenizer.path))
         )
         if not same:
             raise CheckpointError(
