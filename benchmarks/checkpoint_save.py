@@ -101,7 +101,7 @@ def main() -> None:
     results = [run(m, args.workdir) for m in args.models]
     out = {
         "command": "python benchmarks/checkpoint_save.py " + " ".join(sys.argv[1:]),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads per rank",
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
         "versions": {
             "torch": torch.__version__,
             "deepspeed": deepspeed.__version__,

@@ -83,8 +83,10 @@ def test_wheel_ships_package_configs_and_scripts(venv, tmp_path):
     origin, presets = where.stdout.splitlines()
     assert origin.startswith(str(venv)), origin  # the installed copy, not the checkout
     assert "tiny.yaml" in presets and "shakespeare_char_cpu.yaml" in presets and "3d.yaml" in presets
-    for script in ("bigtrain-pretrain", "bigtrain-prepare", "bigtrain-export", "bigtrain-generate"):
+    for script in ("bigtrain-pretrain", "bigtrain-prepare", "bigtrain-plan", "bigtrain-export", "bigtrain-generate"):
         assert (venv / "bin" / script).is_file(), script
+    plan = run_in(tmp_path, [str(venv / "bin" / "bigtrain-plan"), "model=tiny", "cluster.gpus_per_node=2"])
+    assert plan.returncode == 0 and "layouts fit, fastest first" in plan.stdout, plan.stderr[-2000:]
 
 
 def test_installed_pretrain_runs_and_takes_a_user_config_dir(venv, tmp_path):
