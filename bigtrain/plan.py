@@ -9,8 +9,11 @@ Memory per rank is the sum of:
   over the data-parallel ranks, ZeRO-2 the gradients too, ZeRO-3 everything, plus the largest
   layer gathered whole. In fp32 the weights and gradients are 4 bytes and DeepSpeed's ZeRO-1/2
   still keeps an fp32 partition of the weights for the optimizer (4/dp).
-* **DeepSpeed's buffers**: ZeRO-1/2 reduce gradients through a bucket of up to
-  `reduce_bucket_size` elements (5e8 by default, capped at the rank's parameters).
+* **DeepSpeed's buffers** (`runtime_bytes`): the ZeRO optimizers reduce gradients through a
+  bucket of up to `reduce_bucket_size` elements (5e8 by default, filled up to the rank's
+  parameters); Adam's step makes two fp32 temporaries the size of the flat partition; ZeRO-3
+  keeps gathered parameters live while they are reused within `stage3_max_reuse_distance` (1e9
+  elements by default, so a model below a billion parameters stays gathered).
 * **activations** per micro-batch and layer, with flash attention (no T×T scores kept): the block
   input, norm outputs, q/k/v, attention output and the MLP's intermediates, divided by the
   tensor-parallel size where they are sharded; with full activation checkpointing only the block
@@ -44,6 +47,7 @@ from bigtrain.model.flops import parameter_count, train_flops_per_token
 GB = 1e9
 CPU_OVERHEAD_GB = 0.6  # a CPU rank's resident set before the model: Python, torch, DeepSpeed, megatron-core
 REDUCE_BUCKET_ELEMENTS = int(5e8)  # DeepSpeed's default reduce_bucket_size (bigtrain keeps it)
+MAX_REUSE_ELEMENTS = int(1e9)  # DeepSpeed's default stage3_max_reuse_distance
 
 
 @dataclass(frozen=True)
@@ -157,6 +161,23 @@ def model_state_bytes(params: float, largest: float, dtype: str, zero: int, dp: 
     return {"weights": 4 * largest, "gradients": 0.0, "optimizer": 18 * params / dp}
 
 
+def runtime_bytes(params: float, dtype: str, zero: int, dp: int) -> dict[str, float]:
+    """What DeepSpeed's ZeRO optimizers hold beyond the model states, at their defaults: the
+    gradient bucket (`reduce_bucket_size`, 5e8 elements, filled up to the rank's parameters); the
+    optimizer step's two fp32 temporaries over the flat partition (torch Adam's
+    `exp_avg_sq.sqrt() / bias_correction`); under ZeRO-3 the gathered parameters, which stay live
+    while they are reused within `stage3_max_reuse_distance` (1e9 elements)."""
+    if zero == 0 and dtype == "fp32":
+        return {}  # the plain path: torch AdamW per tensor, no buckets
+    out = {
+        "buckets": 4 * min(REDUCE_BUCKET_ELEMENTS, params),
+        "optimizer_step": 2 * 4 * params / dp,
+    }
+    if zero == 3:
+        out["gathered"] = _dtype_bytes(dtype) * min(MAX_REUSE_ELEMENTS, params)
+    return out
+
+
 def activation_bytes(cfg: Config, layout: Layout, checkpointing: bool | None = None) -> dict[str, float]:
     """Activations kept for the backward pass on the busiest rank, per the module docstring."""
     m, t = cfg.model, cfg.trainer
@@ -196,8 +217,7 @@ def plan(cfg: Config, cluster: Cluster, layout: Layout | None = None, vocab: int
     params, largest = stage_parameters(cfg.model, vocab, layout.tensor, layout.pipeline)
     result = Plan(layout, zero)
     result.memory.update(model_state_bytes(params, largest, cfg.precision.dtype, zero, layout.data))
-    if cfg.precision.dtype == "fp32" and zero in (1, 2) or cfg.precision.dtype != "fp32" and zero in (0, 1, 2):
-        result.memory["buckets"] = min(REDUCE_BUCKET_ELEMENTS, params) * 4 if layout.data > 1 else 0.0
+    result.memory.update(runtime_bytes(params, cfg.precision.dtype, zero, layout.data))
     result.memory.update(activation_bytes(cfg, layout))
     result.memory["fixed"] = cluster.overhead_gb * GB
     result.step.update(step_time(cfg, cluster, layout, params))

@@ -4,9 +4,8 @@ checkpoint (metrics.jsonl's mem_gb, the process's ru_maxrss) is within 10% of th
 prediction for that rank, fixed overhead included.
 
 Only the layouts the planner predicts within 10% are here. Measured in the same way, it
-under-predicts zero1 dp2 (0.87×), tp2 (0.70×) and zero3 dp2 (0.50×): DeepSpeed's ZeRO-3 keeps
-gathered parameters live below stage3_max_reuse_distance, and allocator high-water marks are not
-modelled yet (README, "Planning a layout")."""
+over-predicts zero2 dp2 (1.11×) and under-predicts zero3 dp2 (0.84×) (README, "Planning a
+layout")."""
 
 import shutil
 
@@ -32,7 +31,8 @@ RUN = [
 ]
 LAYOUTS = {  # name -> (ranks, overrides)
     "single": (1, ["parallel=single", "trainer.global_batch_size=2"]),
-    "zero2_dp2": (2, ["parallel=zero2", "trainer.global_batch_size=2"]),
+    "zero1_dp2": (2, ["parallel=zero1", "trainer.global_batch_size=2"]),
+    "tp2": (2, ["parallel=tp2", "trainer.global_batch_size=2"]),
 }
 
 
