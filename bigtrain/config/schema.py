@@ -162,6 +162,7 @@ class TrainerConfig:
     eval_full_split_at_end: bool = False  # also evaluate the whole validation split at the end
     log_interval: int = 1
     save_interval: int = 1000  # also at the end and on SIGTERM/SIGUSR1; 0: only then
+    save_at_end: bool = True  # false: no checkpoint after the last step (benchmarks); signals still save
     keep_last: int = 2
     seed: int = 1234
     activation_checkpointing: Literal["none", "full"] = "none"

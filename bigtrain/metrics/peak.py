@@ -108,7 +108,9 @@ class Peak:
             self.tflops = max(self.tflops, measure_cpu_peak(self._dtype))
         if achieved > self.tflops:
             self.tflops = achieved
-            self.source += "; raised to this run's achieved TFLOP/s"
+            raised = "; raised to this run's achieved TFLOP/s"
+            if not self.source.endswith(raised):
+                self.source += raised
         _update_cache(self._cache, self._key, self.tflops, count=0)
 
 

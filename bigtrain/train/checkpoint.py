@@ -183,6 +183,7 @@ class Checkpointer:
         t = cfg.trainer
         self.cfg, self.root, self.ranks = cfg, Path(root), ranks
         self.interval, self.keep_last, self.max_steps = t.save_interval, t.keep_last, t.max_steps
+        self.at_end = t.save_at_end
         self.vocab, self.tokenizer = vocab, tokenizer
         self.stop_requested = False
         self.saving = False  # inside save(): what a rank that loses a peer reports
@@ -190,7 +191,7 @@ class Checkpointer:
     # ---- cadence and signals -------------------------------------------------------------
 
     def due(self, step: int) -> bool:
-        return step == self.max_steps or (self.interval > 0 and step % self.interval == 0)
+        return (step == self.max_steps and self.at_end) or (self.interval > 0 and step % self.interval == 0)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM (Slurm preemption, time limit) and SIGUSR1 ask for a checkpoint and a clean exit."""
