@@ -40,6 +40,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bigtrain.config.blend import parse_blend
 from bigtrain.config.schema import Config, ConfigError, ModelConfig
 from bigtrain.config.validate import Layout, validate
 from bigtrain.model.flops import parameter_count, train_flops_per_token
@@ -178,7 +179,7 @@ def runtime_bytes(params: float, dtype: str, zero: int, dp: int) -> dict[str, fl
     return out
 
 
-def activation_bytes(cfg: Config, layout: Layout, checkpointing: bool | None = None) -> dict[str, float]:
+def activation_bytes(cfg: Config, layout: Layout) -> dict[str, float]:
     """Activations kept for the backward pass on the busiest rank, per the module docstring."""
     m, t = cfg.model, cfg.trainer
     tp, pp = layout.tensor, layout.pipeline
@@ -194,10 +195,9 @@ def activation_bytes(cfg: Config, layout: Layout, checkpointing: bool | None = N
     per_layer = el * (replicated + sharded) + 4 * s_b * m.n_heads / tp  # + attention's fp32 log-sum-exp
     if m.dropout > 0:
         per_layer += 2 * sbh / (tp if sp else 1)  # two dropout masks, one byte each
-    checkpointing = cfg.trainer.activation_checkpointing == "full" if checkpointing is None else checkpointing
     layers = math.ceil(m.n_layers / pp)
     in_flight = min(pp, layout.grad_accum) if pp > 1 else 1
-    if checkpointing:
+    if t.activation_checkpointing == "full":
         kept = layers * in_flight * el * sbh / (tp if sp else 1) + per_layer
     else:
         kept = layers * in_flight * per_layer
@@ -306,8 +306,7 @@ def planning_vocab(cfg: Config) -> int:
     if cfg.model.vocab_size:
         return cfg.model.vocab_size
     if cfg.data.source == "prepared" and cfg.data.blend:
-        prefix = next(str(x) for x in cfg.data.blend if isinstance(x, str))
-        summary = Path(prefix + ".summary.json")
+        summary = Path(parse_blend(cfg.data.blend, "data.blend")[0].prefix + ".summary.json")
         if summary.is_file():
             return int(json.loads(summary.read_text())["tokenizer"]["vocab_size"])
         raise ConfigError(f"no {summary} to read the vocabulary from: pass model.vocab_size=<tokenizer size>")

@@ -42,9 +42,7 @@ def launch_and_kill(cmd, run, target: int, log) -> int:
     """Start the job, SIGKILL its whole process group once metrics.jsonl shows step >= target;
     the last step logged before the kill."""
     with open(log, "w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ}
-        )
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 300
         while last_step(run) < target:
             if proc.poll() is not None or time.time() > deadline:
