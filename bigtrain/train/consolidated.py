@@ -189,7 +189,10 @@ def _gathered(local: torch.Tensor, p, size: int, stats: SaveStats) -> torch.Tens
     if not getattr(p, "tensor_model_parallel", False) or size == 1:
         return local.unsqueeze(0)
     out = stats.hold(torch.empty((size, *local.shape), dtype=local.dtype))
-    torch.distributed.all_gather(list(out.unbind(0)), local, group=tensor_parallel_group())
+    mine = out[torch.distributed.get_rank(group=tensor_parallel_group())]
+    mine.copy_(local)
+    del local  # the collective gets a view of `out`: however long it keeps its input, no extra bytes
+    torch.distributed.all_gather(list(out.unbind(0)), mine, group=tensor_parallel_group())
     return out
 
 
