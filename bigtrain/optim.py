@@ -41,10 +41,22 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+IMPLEMENTATIONS = {  # optim.implementation -> torch AdamW's keyword
+    "auto": {"fused": True},
+    "fused": {"fused": True},
+    "foreach": {"foreach": True},
+    "for_loop": {"foreach": False},
+}
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig, max_steps: int):
     """(torch AdamW, LambdaLR following `lr_at`) for `model`'s parameters on this rank."""
     optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
+        **IMPLEMENTATIONS[cfg.implementation],
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg, max_steps) / cfg.lr)
     return optimizer, schedule

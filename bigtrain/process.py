@@ -94,6 +94,26 @@ def _prefixed_excepthook(rank: int):
     return hook
 
 
+def set_threads(threads: int | None, pin_cores: bool) -> str:
+    """trainer.threads and trainer.pin_cores for this rank; returns what it set, for the log.
+    Pinning gives local rank i the i-th equal share of the cores this process may use."""
+    import torch  # noqa: PLC0415  (see setup_process)
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    pinned = ""
+    if pin_cores and hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        share = max(1, len(cores) // max(1, local))
+        mine = cores[(local_rank * share) % len(cores) :][:share]
+        os.sched_setaffinity(0, mine)
+        pinned = f", pinned to cores {mine[0]}-{mine[-1]}"
+        threads = threads or len(mine)
+    if threads:
+        torch.set_num_threads(threads)
+    return f"{torch.get_num_threads()} threads per rank{pinned}"
+
+
 def _share_cores() -> None:
     """The deepspeed launcher sets no OMP_NUM_THREADS: share the cores among this node's ranks."""
     import torch  # noqa: PLC0415  (see setup_process)

@@ -4,6 +4,7 @@ The orchestrator: it alone holds the whole `Config` and hands each component its
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -38,7 +39,7 @@ from bigtrain.parallel.health import PeerLost, describe, lost_peer
 from bigtrain.parallel.pipeline import pipeline_logits
 from bigtrain.parallel.state import Ranks, seed_everything, tensor_parallel_plan
 from bigtrain.plan import Cluster, plan, planning_vocab, report
-from bigtrain.process import rank_prefix, set_verbosity, with_rank
+from bigtrain.process import rank_prefix, set_threads, set_verbosity, with_rank
 from bigtrain.train import consolidated
 from bigtrain.train.checkpoint import Checkpointer, CheckpointError, latest_checkpoint, read_meta
 from bigtrain.train.loop import NonFiniteError, Trainer, TrainState
@@ -104,8 +105,10 @@ def run(cfg: Config, run_dir: Path) -> dict:
     if cfg.trainer.dry_run:
         return _dry_run(cfg, layout)
     set_verbosity(cfg.logging.verbose)
+    threads = set_threads(cfg.trainer.threads, cfg.trainer.pin_cores)
     ranks = pstate.init_distributed(layout, cfg.parallel.collective_timeout_s)
     log = print if ranks.is_main else (lambda *a, **k: None)
+    log(f"cpu: {threads}" if ranks.device.type == "cpu" else f"host threads: {threads}")
     lock = RunLock(run_dir)
     try:
         _all_or_none(ranks, lambda: _claim(cfg, run_dir, lock, log), ranks.is_main, RunDirError)
@@ -224,6 +227,9 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
         train_batches.close()
         if sinks:
             sinks.close()
+    if t.compile:
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        log(f"torch.compile: {graphs} graphs compiled (forward and backward of a block, train and eval)")
     return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, vocab, log)
 
 
@@ -318,7 +324,9 @@ def _sample(cfg: Config, engine, ranks: Ranks, tokenizer, vocab: Vocab) -> str:
     else:
         next_logits = last_logits(engine.module)
     prompt = tokenizer.encode(t.sample_prompt) if t.sample_prompt else [tokenizer.eod]
-    with evaluating(engine.module):
+    # a compiled block would recompile for every prompt length: sampling runs eager
+    eager = torch.compiler.set_stance("force_eager") if t.compile else contextlib.nullcontext()
+    with evaluating(engine.module), eager:
         ids = generate(
             next_logits,
             prompt,

@@ -81,6 +81,7 @@ def validate(cfg: Config, world_size: int | None = None) -> Layout:
             f"parallel.zero_stage={p.zero_stage} cannot combine with pipeline_parallel={pp}: "
             "DeepSpeed pipelines support ZeRO 0 or 1; set parallel.zero_stage=1"
         )
+    _check_compile(cfg)
     if world_size % (tp * pp):
         raise ConfigError(
             f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel "
@@ -107,6 +108,42 @@ def validate(cfg: Config, world_size: int | None = None) -> Layout:
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr={cfg.optim.min_lr} exceeds optim.lr={cfg.optim.lr}: lower min_lr")
     return Layout(world_size, tp, pp, dp, t.global_batch_size // per_step)
+
+
+def _check_compile(cfg: Config) -> None:
+    """trainer.compile where bigtrain has not verified it against eager: refused, with the reason."""
+    if not cfg.trainer.compile:
+        return
+    p = cfg.parallel
+    reasons = [
+        (
+            p.tensor_parallel > 1,
+            f"parallel.tensor_parallel={p.tensor_parallel}",
+            "megatron-core's tensor-parallel "
+            "layers run their collectives inside custom autograd functions that the compiler would split around",
+        ),
+        (
+            p.pipeline_parallel > 1,
+            f"parallel.pipeline_parallel={p.pipeline_parallel}",
+            "DeepSpeed's pipeline engine runs each stage's layers itself",
+        ),
+        (
+            p.zero_stage == 3,
+            "parallel.zero_stage=3",
+            "ZeRO-3 gathers each parameter in a hook around every module, which a compiled block would bypass",
+        ),
+        (
+            cfg.trainer.activation_checkpointing != "none",
+            f"trainer.activation_checkpointing={cfg.trainer.activation_checkpointing}",
+            "recomputing a compiled block is not verified against eager",
+        ),
+    ]
+    for refused, setting, why in reasons:
+        if refused:
+            raise ConfigError(
+                f"trainer.compile=true cannot combine with {setting}: {why}; set trainer.compile=false "
+                "(or change the layout)"
+            )
 
 
 def _default(key: str):
@@ -168,6 +205,7 @@ _RANGES = [
     ("model.vocab_size", lambda v: v is None or v > 0, "must be positive"),
     ("optim.decay_steps", lambda v: v is None or v > 0, "must be positive"),
     ("logging.peak_tflops", lambda v: v is None or v > 0, "must be positive"),
+    ("trainer.threads", lambda v: v is None or v > 0, "must be positive"),
 ]
 
 

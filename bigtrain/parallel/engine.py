@@ -59,6 +59,10 @@ def build_engine(
         model = GPT(cfg.model, tp, vocab, seed=cfg.trainer.seed, checkpoint_activations=ckpt)
         log("3. pipeline: none")
         mpu = DeepSpeedMPU()
+        if cfg.trainer.compile:
+            for block in model.blocks:
+                block.compile()  # in place: parameter names and checkpoints stay the same
+            log("   torch.compile per transformer block (compiles on the first step)")
     optimizer, schedule = build_optimizer(model, cfg.optim, cfg.trainer.max_steps)
     ds_config = deepspeed_config(cfg, layout)
     stage = ds_config["zero_optimization"]["stage"]

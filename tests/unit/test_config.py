@@ -138,6 +138,13 @@ BAD_CONFIGS = [
     (["logging.wandb_mode=sometimes"], "logging.wandb_mode='sometimes' is not allowed: use one of"),
     (["run.name=../elsewhere"], "run.name='../elsewhere' must be a relative name inside run.root"),
     (["parallel.sequence_parallel=true"], "parallel.sequence_parallel=true needs parallel.tensor_parallel > 1"),
+    (["trainer.compile=true", "parallel=zero3"], "trainer.compile=true cannot combine with parallel.zero_stage=3: "),
+    (
+        ["trainer.compile=true", "trainer.activation_checkpointing=full"],
+        "trainer.compile=true cannot combine with trainer.activation_checkpointing=full: recomputing",
+    ),
+    (["optim.implementation=apex"], "optim.implementation='apex' is not allowed: use one of auto|fused|foreach|for_loop"),
+    (["trainer.threads=0"], "trainer.threads=0 must be positive: leave trainer.threads unset (null)"),
 ]
 
 
@@ -183,6 +190,16 @@ def test_bad_configs_name_key_value_and_fix(overrides, message):
             "sequence_parallel=true needs parallel.tensor_parallel > 1",
         ),
         (dict(trainer=TrainerConfig(global_batch_size=24, micro_batch_size=8)), 2, "use a multiple of 16"),
+        (
+            dict(parallel=ParallelConfig(tensor_parallel=2), trainer=TrainerConfig(compile=True)),
+            2,
+            "trainer.compile=true cannot combine with parallel.tensor_parallel=2: megatron-core",
+        ),
+        (
+            dict(parallel=ParallelConfig(pipeline_parallel=2), trainer=TrainerConfig(compile=True)),
+            2,
+            "trainer.compile=true cannot combine with parallel.pipeline_parallel=2: DeepSpeed's pipeline",
+        ),
     ],
 )
 def test_impossible_layouts(kwargs, world, message):

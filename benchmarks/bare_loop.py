@@ -1,0 +1,131 @@
+"""The bare baseline: a single-file eager PyTorch training loop, written the way nanoGPT's train.py
+is (no bigtrain code), for the same decoder bigtrain trains.
+
+    python benchmarks/bare_loop.py --data ../shared/data/tinyshakespeare.txt --layers 4 --heads 4 \
+        --dim 128 --block 64 --batch 12 --position rope --steps 200
+
+Pre-LayerNorm blocks without biases, GELU MLP, causal SDPA, tied head; character vocabulary;
+random training windows; AdamW (torch's default implementation unless --fused) with clipping at
+1.0. --dtype bf16 runs the step under torch.autocast, as nanoGPT does; --compile compiles the
+whole model. Prints one JSON line: the median step time and tokens/s over the steps after
+--warmup, and the last loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def rotary(x: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, time, head_dim): rotate pairs (i, i + half) by t * 10000^(-2i/d)."""
+    t, d = x.shape[2], x.shape[3]
+    angle = torch.arange(t, dtype=torch.float32)[:, None] * 10000.0 ** (-torch.arange(0, d, 2) / d)
+    cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+    half = torch.cat([-x[..., d // 2 :], x[..., : d // 2]], dim=-1)
+    return x * cos + half * sin
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, rope: bool):
+        super().__init__()
+        self.heads, self.rope = heads, rope
+        self.ln1, self.ln2 = nn.LayerNorm(dim, bias=False), nn.LayerNorm(dim, bias=False)
+        self.qkv, self.out = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim, bias=False)
+        self.up, self.down = nn.Linear(dim, 4 * dim, bias=False), nn.Linear(4 * dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(D, dim=2)
+        q, k, v = (t.view(B, T, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        if self.rope:
+            q, k = rotary(q), rotary(k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, D)
+        x = x + self.out(y)
+        return x + self.down(F.gelu(self.up(self.ln2(x))))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab: int, layers: int, heads: int, dim: int, block: int, rope: bool):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, dim)
+        self.wpe = None if rope else nn.Embedding(block, dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, rope) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim, bias=False)
+        self.apply(lambda m: nn.init.normal_(m.weight, std=0.02) if isinstance(m, (nn.Linear, nn.Embedding)) else None)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = self.wte(x)
+        if self.wpe is not None:
+            h = h + self.wpe.weight[: x.shape[1]]
+        for block in self.blocks:
+            h = block(h)
+        logits = self.ln_f(h) @ self.wte.weight.t()
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--block", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=12)
+    parser.add_argument("--position", choices=["learned", "rope"], default="rope")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--fused", action="store_true")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args()
+
+    torch.manual_seed(1337)
+    text = open(args.data, encoding="utf-8").read()
+    chars = sorted(set(text))
+    lookup = {c: i for i, c in enumerate(chars)}
+    data = torch.tensor([lookup[c] for c in text[: len(text) * 9 // 10]], dtype=torch.long)
+    model = GPT(len(chars), args.layers, args.heads, args.dim, args.block, args.position == "rope")
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), fused=True if args.fused else None)
+    step_fn = torch.compile(model) if args.compile else model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+
+    times, loss = [], None
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        ix = torch.randint(len(data) - args.block - 1, (args.batch,))
+        x = torch.stack([data[i : i + args.block] for i in ix])
+        y = torch.stack([data[i + 1 : i + 1 + args.block] for i in ix])
+        with autocast:
+            loss = step_fn(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        times.append(time.perf_counter() - start)
+    step = statistics.median(times[args.warmup :])
+    params = sum(p.numel() for p in model.parameters())
+    print(
+        json.dumps(
+            {
+                "step_time": step,
+                "tokens_per_sec": args.batch * args.block / step,
+                "loss": loss.item(),
+                "params": params,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
