@@ -11,7 +11,9 @@ Memory per rank is the sum of:
   still keeps an fp32 partition of the weights for the optimizer (4/dp).
 * **DeepSpeed's buffers** (`runtime_bytes`): the ZeRO optimizers reduce gradients through a
   bucket of up to `reduce_bucket_size` elements (5e8 by default, filled up to the rank's
-  parameters); Adam's step makes two fp32 temporaries the size of the flat partition; ZeRO-3
+  parameters); Adam's step makes two fp32 temporaries the size of the flat partition, or one
+  with torch's fused kernel (`optim.implementation`, fused by default; measured, see
+  benchmarks/README.md section 5); ZeRO-3
   keeps gathered parameters live while they are reused within `stage3_max_reuse_distance` (1e9
   elements by default, so a model below a billion parameters stays gathered).
 * **activations** per micro-batch and layer, with flash attention (no T×T scores kept): the block
@@ -162,17 +164,18 @@ def model_state_bytes(params: float, largest: float, dtype: str, zero: int, dp: 
     return {"weights": 4 * largest, "gradients": 0.0, "optimizer": 18 * params / dp}
 
 
-def runtime_bytes(params: float, dtype: str, zero: int, dp: int) -> dict[str, float]:
+def runtime_bytes(params: float, dtype: str, zero: int, dp: int, fused_adam: bool = True) -> dict[str, float]:
     """What DeepSpeed's ZeRO optimizers hold beyond the model states, at their defaults: the
     gradient bucket (`reduce_bucket_size`, 5e8 elements, filled up to the rank's parameters); the
     optimizer step's two fp32 temporaries over the flat partition (torch Adam's
-    `exp_avg_sq.sqrt() / bias_correction`); under ZeRO-3 the gathered parameters, which stay live
-    while they are reused within `stage3_max_reuse_distance` (1e9 elements)."""
+    `exp_avg_sq.sqrt() / bias_correction`; one with the fused kernel, as measured); under ZeRO-3 the gathered
+    parameters, which stay live while they are reused within `stage3_max_reuse_distance` (1e9
+    elements)."""
     if zero == 0 and dtype == "fp32":
         return {}  # the plain path: torch AdamW per tensor, no buckets
     out = {
         "buckets": 4 * min(REDUCE_BUCKET_ELEMENTS, params),
-        "optimizer_step": 2 * 4 * params / dp,
+        "optimizer_step": (1 if fused_adam else 2) * 4 * params / dp,
     }
     if zero == 3:
         out["gathered"] = _dtype_bytes(dtype) * min(MAX_REUSE_ELEMENTS, params)
@@ -217,7 +220,8 @@ def plan(cfg: Config, cluster: Cluster, layout: Layout | None = None, vocab: int
     params, largest = stage_parameters(cfg.model, vocab, layout.tensor, layout.pipeline)
     result = Plan(layout, zero)
     result.memory.update(model_state_bytes(params, largest, cfg.precision.dtype, zero, layout.data))
-    result.memory.update(runtime_bytes(params, cfg.precision.dtype, zero, layout.data))
+    fused = cfg.optim.implementation in ("auto", "fused")
+    result.memory.update(runtime_bytes(params, cfg.precision.dtype, zero, layout.data, fused))
     result.memory.update(activation_bytes(cfg, layout))
     result.memory["fixed"] = cluster.overhead_gb * GB
     result.step.update(step_time(cfg, cluster, layout, params))
