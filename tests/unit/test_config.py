@@ -143,7 +143,7 @@ BAD_CONFIGS = [
         ["trainer.compile=true", "trainer.activation_checkpointing=full"],
         "trainer.compile=true cannot combine with trainer.activation_checkpointing=full: recomputing",
     ),
-    (["optim.implementation=apex"], "optim.implementation='apex' is not allowed: use one of auto|fused|foreach|for_loop"),
+    (["optim.implementation=apex"], "optim.implementation='apex' is not allowed: use one of auto|fused|foreach"),
     (["trainer.threads=0"], "trainer.threads=0 must be positive: leave trainer.threads unset (null)"),
 ]
 
