@@ -229,7 +229,7 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
             sinks.close()
     if t.compile:
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        log(f"torch.compile: {graphs} graphs compiled (forward and backward of a block, train and eval)")
+        log(f"torch.compile: {graphs} graphs compiled (dynamo's count: a block's training and evaluation forward)")
     return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, vocab, log)
 
 
