@@ -1,5 +1,5 @@
-"""The bare baseline: a single-file eager PyTorch training loop, written the way nanoGPT's train.py
-is (no bigtrain code), for the same decoder bigtrain trains.
+"""The bare baseline: an eager PyTorch training loop written the way nanoGPT's train.py is (no
+bigtrain code; the block is reference_shakespeare.py's), for the same decoder bigtrain trains.
 
     python benchmarks/bare_loop.py --data ../shared/data/tinyshakespeare.txt --layers 4 --heads 4 \
         --dim 128 --block 64 --batch 12 --position rope --steps 200
@@ -20,35 +20,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+from reference_shakespeare import Block  # beside this file: the recipe's block, at any size
 from torch import nn
-
-
-def rotary(x: torch.Tensor) -> torch.Tensor:
-    """(batch, heads, time, head_dim): rotate pairs (i, i + half) by t * 10000^(-2i/d)."""
-    t, d = x.shape[2], x.shape[3]
-    angle = torch.arange(t, dtype=torch.float32)[:, None] * 10000.0 ** (-torch.arange(0, d, 2) / d)
-    cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
-    half = torch.cat([-x[..., d // 2 :], x[..., : d // 2]], dim=-1)
-    return x * cos + half * sin
-
-
-class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, rope: bool):
-        super().__init__()
-        self.heads, self.rope = heads, rope
-        self.ln1, self.ln2 = nn.LayerNorm(dim, bias=False), nn.LayerNorm(dim, bias=False)
-        self.qkv, self.out = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim, bias=False)
-        self.up, self.down = nn.Linear(dim, 4 * dim, bias=False), nn.Linear(4 * dim, dim, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(D, dim=2)
-        q, k, v = (t.view(B, T, self.heads, -1).transpose(1, 2) for t in (q, k, v))
-        if self.rope:
-            q, k = rotary(q), rotary(k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, D)
-        x = x + self.out(y)
-        return x + self.down(F.gelu(self.up(self.ln2(x))))
 
 
 class GPT(nn.Module):
@@ -56,7 +29,7 @@ class GPT(nn.Module):
         super().__init__()
         self.wte = nn.Embedding(vocab, dim)
         self.wpe = None if rope else nn.Embedding(block, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads, rope) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(rope, dim, heads) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim, bias=False)
         self.apply(lambda m: nn.init.normal_(m.weight, std=0.02) if isinstance(m, (nn.Linear, nn.Embedding)) else None)
 
@@ -85,6 +58,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     args = parser.parse_args()
+    if args.steps <= args.warmup:
+        parser.error(f"--steps {args.steps} leaves no step after --warmup {args.warmup}: raise --steps")
 
     torch.manual_seed(1337)
     text = open(args.data, encoding="utf-8").read()

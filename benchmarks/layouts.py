@@ -34,7 +34,7 @@ from bigtrain.parallel.state import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from speed import run_bare, versions  # noqa: E402  (beside this file)
+from speed import run_bare, shape_overrides, versions  # noqa: E402  (beside this file)
 
 GLOBAL_BATCH = 16
 MODELS = {  # name: bare_loop's shape (bigtrain gets the same: no biases, GELU, tied head)
@@ -55,24 +55,12 @@ LAYOUTS = {  # name: (ranks, overrides, its own micro-batch: no accumulation, ex
 }
 
 
-def model_overrides(shape: dict) -> list[str]:
-    return [
-        "model=tiny",
-        f"model.n_layers={shape['layers']}",
-        f"model.n_heads={shape['heads']}",
-        f"model.d_model={shape['dim']}",
-        f"model.seq_len={shape['block']}",
-        f"model.position={shape['position']}",
-        "model.bias=false",
-    ]
-
-
 def run(case: dict, args, workdir: Path) -> dict:
     ranks, overrides, own_micro = LAYOUTS[case["layout"]]
     micro = case["micro_batch"] or own_micro
     run_dir = workdir / "-".join(str(v) for v in case.values())
     cmd = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port())]
-    cmd += ["launch/pretrain.py", *model_overrides(MODELS[case["model"]]), *overrides]
+    cmd += ["launch/pretrain.py", "model=tiny", "model.bias=false", *shape_overrides(MODELS[case["model"]]), *overrides]
     cmd += [f"data.path={args.data_path}", "data=shakespeare_char", f"trainer.max_steps={args.steps}"]
     cmd += [f"trainer.global_batch_size={GLOBAL_BATCH}", f"trainer.micro_batch_size={micro}"]
     cmd += [f"precision={case['precision']}", f"trainer.compile={str(case['compile']).lower()}"]

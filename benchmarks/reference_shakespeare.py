@@ -32,19 +32,23 @@ def rotate(x):
 
 
 class Block(nn.Module):
-    def __init__(self, rotary: bool):
+    """nanoGPT's block without biases (the recipe's 128 dim and 4 heads unless given; bare_loop.py
+    builds other sizes from it)."""
+
+    def __init__(self, rotary: bool, dim: int = V_D, heads: int = HEADS):
         super().__init__()
-        self.rotary = rotary
-        self.ln1, self.ln2 = nn.LayerNorm(V_D, bias=False), nn.LayerNorm(V_D, bias=False)
-        self.qkv, self.out = nn.Linear(V_D, 3 * V_D, bias=False), nn.Linear(V_D, V_D, bias=False)
-        self.up, self.down = nn.Linear(V_D, 4 * V_D, bias=False), nn.Linear(4 * V_D, V_D, bias=False)
+        self.rotary, self.dim, self.heads = rotary, dim, heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim, bias=False), nn.LayerNorm(dim, bias=False)
+        self.qkv, self.out = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim, bias=False)
+        self.up, self.down = nn.Linear(dim, 4 * dim, bias=False), nn.Linear(4 * dim, dim, bias=False)
 
     def forward(self, x):
         b, t, _ = x.shape
-        q, k, v = (z.view(b, t, HEADS, -1).transpose(1, 2) for z in self.qkv(self.ln1(x)).split(V_D, 2))
+        qkv = self.qkv(self.ln1(x)).split(self.dim, 2)
+        q, k, v = (z.view(b, t, self.heads, -1).transpose(1, 2) for z in qkv)
         if self.rotary:
             q, k = rotate(q), rotate(k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, V_D)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(b, t, self.dim)
         x = x + self.out(y)
         return x + self.down(F.gelu(self.up(self.ln2(x))))
 

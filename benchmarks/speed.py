@@ -48,14 +48,21 @@ CASES = [
 ]
 
 
-def bigtrain_overrides(model: dict, precision: str, compiled: bool, steps: int) -> list[str]:
+def shape_overrides(model: dict) -> list[str]:
+    """bigtrain's overrides for a bare_loop.py shape (layers, heads, dim, block, position)."""
     return [
-        "experiment=shakespeare_char_cpu",
         f"model.n_layers={model['layers']}",
         f"model.n_heads={model['heads']}",
         f"model.d_model={model['dim']}",
         f"model.seq_len={model['block']}",
         f"model.position={model['position']}",
+    ]
+
+
+def bigtrain_overrides(model: dict, precision: str, compiled: bool, steps: int) -> list[str]:
+    return [
+        "experiment=shakespeare_char_cpu",
+        *shape_overrides(model),
         f"trainer.micro_batch_size={model['batch']}",
         f"trainer.global_batch_size={model['batch']}",
         f"trainer.max_steps={steps}",

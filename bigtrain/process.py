@@ -99,12 +99,11 @@ def set_threads(threads: int | None, pin_cores: bool) -> str:
     Pinning gives local rank i the i-th equal share of the cores this process may use."""
     import torch  # noqa: PLC0415  (see setup_process)
 
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    local_rank, local = int(os.environ.get("LOCAL_RANK", "0")), _local_ranks()
     pinned = ""
     if pin_cores and hasattr(os, "sched_setaffinity"):
         cores = sorted(os.sched_getaffinity(0))
-        share = max(1, len(cores) // max(1, local))
+        share = max(1, len(cores) // local)
         mine = cores[(local_rank * share) % len(cores) :][:share]
         os.sched_setaffinity(0, mine)
         pinned = f", pinned to cores {mine[0]}-{mine[-1]}"
@@ -120,5 +119,9 @@ def _share_cores() -> None:
 
     if "OMP_NUM_THREADS" in os.environ:
         return
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _local_ranks()))
+
+
+def _local_ranks() -> int:
+    """How many ranks the launcher started on this node (at least 1)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))))

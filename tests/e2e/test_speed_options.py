@@ -2,6 +2,8 @@
 one process; bf16 under ZeRO-2 over two ranks, with the presets' clipping, eval and sampling),
 and trainer.threads / pin_cores set what they say."""
 
+import json
+import os
 import subprocess
 
 import pytest
@@ -59,8 +61,6 @@ def test_compiled_blocks_train_like_eager(ranks, extra, rel, corpus, cache_dir, 
 def test_threads_and_pinned_cores_per_rank():
     code = "import os; from bigtrain.process import set_threads; print(set_threads(None, True)); "
     code += "print(sorted(os.sched_getaffinity(0)))"
-    import os  # noqa: PLC0415
-
     cores = sorted(os.sched_getaffinity(0))
     share = max(1, len(cores) // 2)
     for local_rank in (0, 1):
@@ -69,7 +69,7 @@ def test_threads_and_pinned_cores_per_rank():
         assert proc.returncode == 0, proc.stderr
         said, mine = proc.stdout.strip().splitlines()
         expected = cores[(local_rank * share) % len(cores) :][:share]
-        assert eval(mine) == expected, (said, mine)
+        assert json.loads(mine) == expected, (said, mine)
         assert said.startswith(f"{share} threads per rank, pinned to cores {expected[0]}-{expected[-1]}")
     proc = subprocess.run(
         [
