@@ -192,6 +192,7 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
         dp_size=layout.data,
         dp_rank=ranks.dp,
         vocab_size=tokenizer.vocab_size,
+        pin=torch.device(engine.device).type == "cuda",
     )
     meter = _meter(cfg, vocab, params, layout.world_size, plan, log)
     sinks = _sinks(cfg, run_dir, state, params, layout) if ranks.is_main else None

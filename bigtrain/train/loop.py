@@ -176,9 +176,8 @@ class Trainer:
         return self.data_parallel_mean(torch.stack(losses).mean())
 
     def forward_loss(self, batch: Batch) -> torch.Tensor:
-        device = self.engine.device
-        logits = self.engine(batch.tokens.to(device))
-        return self.loss_fn(logits, batch.labels.to(device), batch.loss_mask.to(device))
+        batch = batch.to(self.engine.device)
+        return self.loss_fn(self.engine(batch.tokens), batch.labels, batch.loss_mask)
 
     @torch.no_grad()
     def evaluate(self, batches: int | None = None) -> float:

@@ -132,6 +132,46 @@ def test_samples_are_the_same_across_runs_and_data_parallel_sizes(prefixes, tmp_
         assert np.array_equal(one, two)  # 1 vs 2 data-parallel ranks: the same samples, in order
 
 
+def test_batches_equal_megatrons_own_samples_blended_single_and_padded(prefixes, tmp_path, world1):
+    """Batches reads megatron's sample indices directly (one copy into the batch, tokens and labels
+    as views): every sample equals what GPTDataset.__getitem__ returns, blended or not, and a
+    padded sample is masked and zeroed as megatron masks it."""
+    import torch  # noqa: PLC0415
+
+    cfg = data_cfg(prefixes, [0.3, str(prefixes["a"]), 0.7, str(prefixes["b"])])
+    blended, _ = build_datasets(plan_prepared(cfg, SEQ, tmp_path / "blend"), SEQ, seed=3, train_samples=96)
+    single, _ = build_datasets(
+        plan_prepared(data_cfg(prefixes, [str(prefixes["a"])]), SEQ, tmp_path / "one"), SEQ, 3, 96
+    )
+    for dataset in (blended, single):
+        batches = Batches(dataset, 8, 4, 1, 0)
+        for step in range(6):
+            for m in range(2):
+                got = batches.get(step, m)
+                want = [dataset[i] for i in batches.indices(step, m)]
+                for key in ("tokens", "labels", "loss_mask"):
+                    assert torch.equal(
+                        getattr(got, key), torch.stack([w[key] for w in want]).to(getattr(got, key).dtype)
+                    )
+                assert got.tokens.data_ptr() == got.text.data_ptr()  # a view, not a copy
+    part = single.datasets[0] if hasattr(single, "datasets") else single
+    real = part._query_document_sample_shuffle_indices
+
+    def padded(index):  # megatron pads a short final sample with its pad id
+        text, docs = real(index)
+        if index == 5:
+            text = text.copy()
+            text[SEQ - 4 :] = -1
+        return text, docs
+
+    part._query_document_sample_shuffle_indices = padded
+    got = Batches(part, 8, 8, 1, 0).get(0, 0)
+    want = [part[i] for i in range(8)]
+    for key in ("tokens", "labels", "loss_mask"):
+        assert torch.equal(getattr(got, key), torch.stack([w[key] for w in want]).to(getattr(got, key).dtype))
+    assert got.loss_mask[5].sum() == SEQ - 5 and got.loss_mask.sum() == 8 * SEQ - 5
+
+
 def test_foreign_prefixes_load_with_an_explicit_tokenizer(prefixes, tmp_path, world1):
     """int32 tokens, sentence-split documents, no summary and no tokenizer beside the prefix."""
     cfg = data_cfg(prefixes, [str(prefixes["wide"]) + ".bin"], val_fraction=0.2)  # a file name works too
