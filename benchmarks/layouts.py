@@ -11,9 +11,11 @@ is the median over steps after the first five (start-up and compilation excluded
 are per rank, against each rank's peak; peak memory is each rank's peak resident set (CPU) or
 allocated memory (GPU). A case the config refuses (compile under TP, say) is recorded with
 bigtrain's one-line reason. `benchmarks/bare_loop.py` trains each model × precision in one process
-at the same batch: "vs bare" is a case's total tokens/s over it. Communication's share of a step
-is not measured. Writes benchmarks/results/<name>.{json,md,png} (name: layouts_<device>), with the
-command, the machine and the library versions.
+at the same batch: "vs bare" is a case's total tokens/s over it. Communication's share of a
+step is rank 0's time inside collectives over its step time (`logging.comm_time`: measured over
+gloo, waiting for the slowest rank included; not over NCCL). Writes
+benchmarks/results/<name>.{json,md,png} (name: layouts_<device>), with the command, the machine and
+the library versions.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def run(case: dict, args, workdir: Path) -> dict:
     cmd += [f"precision={case['precision']}", f"trainer.compile={str(case['compile']).lower()}"]
     cmd += [f"trainer.eval_interval={args.steps}", "trainer.eval_iters=1", "trainer.sample_tokens=0"]
     cmd += ["trainer.save_at_end=false", "logging.progress_bar=false", "logging.tensorboard=false"]
-    cmd += [f"hydra.run.dir={run_dir}"]
+    cmd += ["logging.comm_time=true", f"hydra.run.dir={run_dir}"]
     row = {**case, "micro_batch": micro, "ranks": ranks}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800)
     refusal = [line for line in proc.stderr.splitlines() if "bigtrain: error:" in line]
@@ -83,6 +85,7 @@ def run(case: dict, args, workdir: Path) -> dict:
         "tflops_per_rank": statistics.median(r["tflops"] for r in steady),
         "mfu": statistics.median(r["mfu"] for r in steady) if steady[0]["mfu"] is not None else None,
         "peak_mem_gb_per_rank": summary["peak_mem_gb_per_rank"],
+        "comm_share": statistics.median(r["comm_share"] for r in steady) if "comm_share" in steady[0] else None,
         "final_loss": rows[-1]["loss"],
     }
 
@@ -100,20 +103,21 @@ def markdown(report: dict) -> str:
     lines += ["", "Bare loop (one process, same model and batch): "]
     lines[-1] += ", ".join(f"{k} {v['tokens_per_sec']:,.0f} tok/s" for k, v in report["bare"].items())
     lines += ["", "| model | layout | ranks | precision | micro-batch | compile | tokens/s | per rank | "]
-    lines[-1] += "TFLOP/s per rank | MFU | peak memory per rank (GB) | vs bare |"
-    lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines[-1] += "TFLOP/s per rank | MFU | peak memory per rank (GB) | comm share | vs bare |"
+    lines += ["|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["results"]:
         head = f"| {r['model']} | {r['layout']} | {r['ranks']} | {r['precision']} | {r['micro_batch']} | "
         head += "on" if r["compile"] else "off"
         if "error" in r:
-            lines.append(f"{head} | refused or failed: {r['error'][:160]} | | | | | |")
+            lines.append(f"{head} | refused or failed: {r['error'][:160]} | | | | | | |")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         mem = ", ".join(f"{m:.2f}" for m in r["peak_mem_gb_per_rank"])
         vs = f"{r['vs_bare']:.2f}×" if r.get("vs_bare") else ""
+        comm = f"{100 * r['comm_share']:.0f}%" if r.get("comm_share") is not None else "n/a"
         lines.append(
             f"{head} | {r['tokens_per_sec']:,.0f} | {r['tokens_per_sec_per_rank']:,.0f} | "
-            f"{r['tflops_per_rank']:.3f} | {mfu} | {mem} | {vs} |"
+            f"{r['tflops_per_rank']:.3f} | {mfu} | {mem} | {comm} | {vs} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -137,8 +141,11 @@ def plot(report: dict, path: Path) -> None:
         parts += [f"mb{r['micro_batch']}" if report.get("micro_batches", [0]) != [0] else ""]
         labels.append(" ".join(p for p in parts if p) + (" compiled" if r["compile"] else ""))
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
-    axes[0, 0].bar(labels, [r["tokens_per_sec"] for r in ok])
+    axes[0, 0].bar(labels, [r["tokens_per_sec"] for r in ok], label="step")
+    comm = [r["tokens_per_sec"] * (r.get("comm_share") or 0) for r in ok]
+    axes[0, 0].bar(labels, comm, color="tab:red", label="its share inside collectives (rank 0)")
     axes[0, 0].set(title="throughput by layout", ylabel="tokens/s (all ranks)")
+    axes[0, 0].legend()
     for model in sorted({r["model"] for r in ok}):
         base = [r for r in ok if r["model"] == model and r["ranks"] == 1 and not r["compile"]]
         if not base:

@@ -1,6 +1,6 @@
 """bigtrain against the bare loop, in one run: the framework tax, the compiled path and bf16.
 
-    python benchmarks/speed.py --data-path ../shared/data/tinyshakespeare.txt [--rounds 2] [--quality]
+    python benchmarks/speed.py --data-path ../shared/data/tinyshakespeare.txt [--rounds 5] [--quality]
 
 Two models, each trained by `benchmarks/bare_loop.py` (a single-file eager PyTorch loop) and by
 `launch/pretrain.py` (the real entry point, one process) with the same shape, batch and data:
@@ -8,7 +8,9 @@ Two models, each trained by `benchmarks/bare_loop.py` (a single-file eager PyTor
   10.8M   6 layers, 384 dim, 6 heads, block 256, batch 8, learned positions, character vocabulary.
 Cases run in interleaved rounds (so the machine's drifting speed hits all alike); each case's
 figure is the median step time after the warm-up steps (compilation included there), the median
-over rounds. Ratios are against the bare fp32 eager loop of the same model. The fp32 and bf16
+over rounds. Ratios are against the bare fp32 eager loop of the same model, taken within each round
+and then the median over rounds (this machine's speed drifts by more than the ratios measured, over
+minutes; a round's cases run within about a minute of each other), with their range. The fp32 and bf16
 matmul peaks are measured in the same run, for the bf16 MFU; a CPU whose bf16 matmuls are slower
 than its fp32 ones (no AMX or AVX512-BF16) skips the bf16 cases and says so. --quality also
 trains the preset to step 2000 eager and compiled and compares validation loss.
@@ -134,7 +136,7 @@ def versions() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-path", required=True)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quality", action="store_true")
     args = parser.parse_args()
     from bigtrain.metrics.peak import measure_cpu_peak  # noqa: PLC0415
@@ -168,9 +170,11 @@ def main() -> None:
     results = []
     for name, model, runner, precision, compiled in cases:
         step = statistics.median(t["step_time"] for t in times[name])
-        base = statistics.median(t["step_time"] for t in times[f"{name.split()[0]} bare fp32"])
+        bare = times[f"{name.split()[0]} bare fp32"]
+        ratios = [b["step_time"] / t["step_time"] for b, t in zip(bare, times[name])]
         row = {"case": name, "runner": runner, "precision": precision, "compile": compiled}
-        row |= {"tokens_per_sec": model["batch"] * model["block"] / step, "vs_bare_fp32": base / step}
+        row |= {"tokens_per_sec": model["batch"] * model["block"] / step, "vs_bare_fp32": statistics.median(ratios)}
+        row |= {"vs_bare_fp32_per_round": ratios}
         row |= {"loss_last_step": statistics.median(t["loss"] for t in times[name])}
         if runner == "bigtrain":
             tflops = statistics.median(t["tflops"] for t in times[name])
@@ -192,13 +196,14 @@ def main() -> None:
         "",
         *([skipped, ""] if skipped else []),
     ]
-    lines += ["| case | tokens/s | vs bare fp32 eager | TFLOP/s | MFU vs bf16 peak |", "|---|---|---|---|---|"]
+    lines += ["| case | tokens/s | vs bare fp32 eager (median of rounds) | range | TFLOP/s | MFU vs bf16 peak |"]
+    lines += ["|---|---|---|---|---|---|"]
     for row in results:
         tflops = f"{row['tflops']:.3f}" if "tflops" in row else ""
         mfu = f"{100 * row['mfu_vs_bf16_peak']:.1f}%" if row.get("mfu_vs_bf16_peak") else ""
-        lines.append(
-            f"| {row['case']} | {row['tokens_per_sec']:,.0f} | {row['vs_bare_fp32']:.3f}× | {tflops} | {mfu} |"
-        )
+        spread = f"{min(row['vs_bare_fp32_per_round']):.3f}-{max(row['vs_bare_fp32_per_round']):.3f}"
+        ratio = f"{row['vs_bare_fp32']:.3f}×"
+        lines.append(f"| {row['case']} | {row['tokens_per_sec']:,.0f} | {ratio} | {spread} | {tflops} | {mfu} |")
     if quality:
         lines += [
             "",

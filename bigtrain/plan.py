@@ -15,7 +15,8 @@ Memory per rank is the sum of:
   with torch's fused kernel (`optim.implementation`, fused by default; measured, see
   benchmarks/README.md section 5); ZeRO-3
   keeps gathered parameters live while they are reused within `stage3_max_reuse_distance` (1e9
-  elements by default, so a model below a billion parameters stays gathered).
+  elements by default, so a model below a billion parameters stays gathered), and its backward
+  peaks two bucket-sized gradient copies higher (measured on CPU ranks over gloo, fp32).
 * **activations** per micro-batch and layer, with flash attention (no T×T scores kept): the block
   input, norm outputs, q/k/v, attention output and the MLP's intermediates, divided by the
   tensor-parallel size where they are sharded; with full activation checkpointing only the block
@@ -179,6 +180,9 @@ def runtime_bytes(params: float, dtype: str, zero: int, dp: int, fused_adam: boo
     }
     if zero == 3:
         out["gathered"] = _dtype_bytes(dtype) * min(MAX_REUSE_ELEMENTS, params)
+        # measured, not derived: ZeRO-3's backward peaks two bucket-sized gradient copies above
+        # its resting memory (the full-size gradients autograd produces, and the bucket's reduction)
+        out["backward_peak"] = 2 * _dtype_bytes(dtype) * min(REDUCE_BUCKET_ELEMENTS, params)
     return out
 
 

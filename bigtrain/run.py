@@ -26,6 +26,8 @@ from bigtrain.data.corpus import DataError
 from bigtrain.data.dataset import Batches, Prefetched, build_datasets
 from bigtrain.data.prepare import cache_root, prepare
 from bigtrain.faults import fault_point
+from bigtrain.metrics.comm import CommClock
+from bigtrain.metrics.comm import measurable as comm_unmeasurable
 from bigtrain.metrics.peak import peak_tflops
 from bigtrain.metrics.sinks import Sinks
 from bigtrain.metrics.throughput import Meter, peak_memory_gb
@@ -214,6 +216,7 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
         guard,
         log,
         min_loss_scale=cfg.precision.min_loss_scale if cfg.precision.dtype == "fp16" else None,
+        comm=_comm_clock(cfg, log),
     )
     checkpointer.install_signal_handlers()
     try:
@@ -232,6 +235,19 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         log(f"torch.compile: {graphs} graphs compiled (dynamo's count: a block's training and evaluation forward)")
     return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, vocab, log)
+
+
+def _comm_clock(cfg: Config, log) -> CommClock | None:
+    """logging.comm_time: a clock on the collectives, where their time can be measured."""
+    if not cfg.logging.comm_time:
+        return None
+    why = comm_unmeasurable()
+    if why:
+        log(why)
+        return None
+    clock = CommClock()
+    clock.install()
+    return clock
 
 
 def _sinks(cfg: Config, run_dir: Path, state: TrainState, params: int, layout) -> Sinks:

@@ -209,6 +209,7 @@ class LoggingConfig:
     wandb_name: Optional[str] = None  # None: run.name
     wandb_tags: tuple[str, ...] = ()  # added to the automatic ones: model, layout, precision
     peak_tflops: Optional[float] = None  # None: GPU datasheet table, or measured once on CPU
+    comm_time: bool = False  # time inside collectives per step: comm_time, comm_share (gloo only)
     verbose: bool = False  # the libraries' INFO lines (DeepSpeed, megatron-core) and other ranks' warnings
 
 

@@ -42,6 +42,8 @@ DASHBOARD_NAMES = {
     "mfu": "perf/mfu",
     "mem_gb": "perf/mem_gb",
     "step_time": "perf/step_time",
+    "comm_time": "perf/comm_time",
+    "comm_share": "perf/comm_share",
 }
 TOKENS = "train/tokens"
 

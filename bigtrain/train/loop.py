@@ -13,6 +13,7 @@ from bigtrain import faults
 from bigtrain.config.schema import OptimConfig, TrainerConfig
 from bigtrain.data.dataset import Batch, Batches
 from bigtrain.faults import fault_point
+from bigtrain.metrics.comm import CommClock
 from bigtrain.metrics.throughput import Meter
 from bigtrain.optim import lr_at
 from bigtrain.parallel.clipping import GradClipper
@@ -51,6 +52,7 @@ class Trainer:
         guard: NonFiniteGuard | None = None,
         log=print,
         min_loss_scale: float | None = None,  # fp16: stop when the loss scale collapses to it
+        comm: CommClock | None = None,  # logging.comm_time: seconds inside collectives
     ):
         self.t, self.optim, self.engine, self.ranks = trainer, optim, engine, ranks
         self.loss_fn = loss_fn  # unpipelined layouts; a pipeline's last stage has its own
@@ -63,6 +65,7 @@ class Trainer:
         self.guard, self.log, self.min_loss_scale = guard, log, min_loss_scale
         self.spikes = SpikeDetector(trainer.spike_window, trainer.spike_zscore)
         self.skipped_in_a_row = self.skipped_total = 0
+        self.comm = comm
 
     def fit(self) -> None:
         t = self.t
@@ -73,9 +76,15 @@ class Trainer:
             if self.guard:
                 self.guard.skipped = False
             faults.TRAIN_STEP[0] = step + 1
+            if self.comm:
+                self.comm.take()
             loss = self.train_step(step)
             faults.TRAIN_STEP[0] = None
             seconds = time.perf_counter() - start
+            comm = {}
+            if self.comm:
+                comm_seconds = self.comm.take()
+                comm = {"comm_time": comm_seconds, "comm_share": comm_seconds / seconds}
             self.state.step += 1
             self.state.consumed_samples += t.global_batch_size
             done = self.state.step
@@ -92,6 +101,7 @@ class Trainer:
                     "consumed_samples": self.state.consumed_samples,
                     **events,
                     **self.meter.measure(seconds),
+                    **comm,
                 }
                 if self.engine.fp16_enabled():
                     record["loss_scale"] = loss_scale(self.engine.optimizer)

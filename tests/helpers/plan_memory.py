@@ -30,6 +30,8 @@ LAYOUTS = {  # name -> (ranks, overrides)
     "zero2_dp2": (2, ["parallel=zero2"]),
     "zero3_dp2": (2, ["parallel=zero3"]),
     "tp2": (2, ["parallel=tp2"]),
+    "pp2": (2, ["parallel=pp2"]),
+    "tp2_dp2_zero1": (4, ["parallel=tp2", "parallel.zero_stage=1"]),
 }
 
 
