@@ -6,8 +6,9 @@ waiting for the slowest rank included. Over NCCL a call only queues work on a st
 the time inside it says nothing, so there nothing is measured (`measurable` says why).
 
 `CommClock.install()` wraps the functions in `OPS` on `torch.distributed` and every alias of them
-that DeepSpeed or megatron-core bound at import (`from torch.distributed import ...` style), once
-per process. A collective that calls another is counted once.
+that DeepSpeed or megatron-core bound at import, module attributes and DeepSpeed's communication
+backend's (install it after DeepSpeed's `init_distributed`), once per process. A collective that
+calls another is counted once.
 """
 
 from __future__ import annotations
@@ -99,6 +100,15 @@ class CommClock:
                     continue
                 if timed is not None:
                     setattr(module, attr, timed)
+        # DeepSpeed's torch backend keeps its all-gather and reduce-scatter on the instance
+        backend = getattr(sys.modules.get("deepspeed.comm.comm"), "cdb", None)
+        for attr, value in list(vars(backend).items()) if backend is not None else []:
+            try:
+                timed = originals.get(value)
+            except TypeError:
+                continue
+            if timed is not None:
+                setattr(backend, attr, timed)
 
     def _wrap(self, fn):
         clock = self

@@ -44,6 +44,7 @@ def _worker(rank: int, port: int, queue) -> None:
     readings["torch"] = late(lambda: dist.all_reduce(x))
     readings["deepspeed"] = late(lambda: ds_comm.all_reduce(x))
     out = torch.empty(2000)
+    readings["deepspeed_backend"] = late(lambda: ds_comm.all_gather_into_tensor(out, x))  # ZeRO-3's gather
     readings["megatron_alias"] = late(lambda: mappings.dist_all_gather_func(out, x))
     readings["async_wait"] = late(lambda: dist.all_reduce(x, async_op=True).wait())
     clock.take()
@@ -68,7 +69,8 @@ def test_comm_clock_counts_waiting_inside_collectives_only():
     assert first.pop("compute") == 0.0
     for path, seconds in first.items():
         assert LATE * 0.8 < seconds < LATE + 1.0, (path, seconds)  # rank 0 waited for rank 1
-    for path in ("torch", "deepspeed", "megatron_alias", "async_wait"):
+    assert len(first) == 5
+    for path in ("torch", "deepspeed", "deepspeed_backend", "megatron_alias", "async_wait"):
         assert results[1][path] < LATE * 0.5, (path, results[1][path])  # rank 1 found rank 0 waiting
 
 
