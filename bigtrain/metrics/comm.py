@@ -75,11 +75,10 @@ class CommClock:
 
     def __init__(self):
         self.seconds = 0.0
-        self.calls = 0
         self._inside = threading.local()
 
     def take(self) -> float:
-        seconds, self.seconds, self.calls = self.seconds, 0.0, 0
+        seconds, self.seconds = self.seconds, 0.0
         return seconds
 
     def install(self) -> None:
@@ -90,25 +89,18 @@ class CommClock:
                 continue
             originals[fn] = self._wrap(fn)
             setattr(dist, name, originals[fn])
-        for module_name, module in list(sys.modules.items()):
-            if module is None or not module_name.startswith(("deepspeed", "megatron", "torch.distributed")):
-                continue
-            for attr, value in list(vars(module).items()):
+        prefixes = ("deepspeed", "megatron", "torch.distributed")
+        holders = [module for name, module in list(sys.modules.items()) if name.startswith(prefixes)]
+        # DeepSpeed's torch backend keeps its all-gather and reduce-scatter on the instance
+        holders.append(getattr(sys.modules.get("deepspeed.comm.comm"), "cdb", None))
+        for holder in holders:
+            for attr, value in list(vars(holder).items()) if holder is not None else []:
                 try:
                     timed = originals.get(value)
                 except TypeError:  # unhashable
                     continue
                 if timed is not None:
-                    setattr(module, attr, timed)
-        # DeepSpeed's torch backend keeps its all-gather and reduce-scatter on the instance
-        backend = getattr(sys.modules.get("deepspeed.comm.comm"), "cdb", None)
-        for attr, value in list(vars(backend).items()) if backend is not None else []:
-            try:
-                timed = originals.get(value)
-            except TypeError:
-                continue
-            if timed is not None:
-                setattr(backend, attr, timed)
+                    setattr(holder, attr, timed)
 
     def _wrap(self, fn):
         clock = self
@@ -123,7 +115,6 @@ class CommClock:
             finally:
                 clock._inside.active = False
                 clock.seconds += time.perf_counter() - start
-                clock.calls += 1
             is_work = result is not None and hasattr(result, "wait") and not isinstance(result, (list, tuple))
             return _TimedWork(result, clock) if is_work else result
 

@@ -8,10 +8,9 @@ import time
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from bigtrain.parallel.state import free_port
 from tests.helpers.launch import ROOT, deepspeed_command, launch, read_metrics
+from tests.helpers.spawn import spawn_two
 
 pytestmark = pytest.mark.distributed
 
@@ -55,15 +54,7 @@ def _worker(rank: int, port: int, queue) -> None:
 
 
 def test_comm_clock_counts_waiting_inside_collectives_only():
-    port = free_port()
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    results = spawn_two(_worker)
     first = results[0]
     assert first.pop("measurable") is None  # gloo: measurable
     assert first.pop("compute") == 0.0

@@ -7,9 +7,8 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from bigtrain.parallel.state import free_port
+from tests.helpers.spawn import spawn_two
 
 pytestmark = pytest.mark.distributed
 
@@ -39,20 +38,12 @@ def _worker(rank: int, port: int, queue) -> None:
     sharded = ResidualDropout(0.5, tp)(x)
     with tp.sharded_dropout():
         heads = torch.nn.functional.dropout(x, 0.5, True)
-    queue.put((rank, replicated, sharded, heads))
+    queue.put((rank, (replicated, sharded, heads)))
     destroy()
 
 
 def test_dropout_masks_across_tensor_parallel_ranks():
-    port = free_port()
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = dict((r, rest) for r, *rest in (queue.get(timeout=120) for _ in procs))
-    for p in procs:
-        p.join(timeout=60)
+    results = spawn_two(_worker)
     (rep0, sp0, heads0), (rep1, sp1, heads1) = results[0], results[1]
     assert torch.equal(rep0, rep1)  # the same mask on replicated activations
     assert not torch.equal(sp0, sp1) and not torch.equal(heads0, heads1)  # their own masks on shards
