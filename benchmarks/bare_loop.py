@@ -43,6 +43,49 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), y.view(-1))
 
 
+def bare_step(
+    data_path: str,
+    layers: int,
+    heads: int,
+    dim: int,
+    block: int,
+    batch: int,
+    position: str,
+    dtype: str = "fp32",
+    compile: bool = False,
+    fused: bool = False,
+):
+    """The loop's body as a function: each call samples a batch, runs one training step and returns
+    the loss (a tensor). `benchmarks/tax.py` calls it between bigtrain's steps in one process."""
+    torch.manual_seed(1337)
+    text = open(data_path, encoding="utf-8").read()
+    chars = sorted(set(text))
+    lookup = {c: i for i, c in enumerate(chars)}
+    data = torch.tensor([lookup[c] for c in text[: len(text) * 9 // 10]], dtype=torch.long)
+    model = GPT(len(chars), layers, heads, dim, block, position == "rope")
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), fused=True if fused else None)
+    step_fn = torch.compile(model) if compile else model
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+
+    def step() -> torch.Tensor:
+        ix = torch.randint(len(data) - block - 1, (batch,))
+        x = torch.stack([data[i : i + block] for i in ix])
+        y = torch.stack([data[i + 1 : i + 1 + block] for i in ix])
+        with autocast:
+            loss = step_fn(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    step.params = sum(p.numel() for p in model.parameters())
+    return step
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True)
@@ -60,42 +103,31 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps <= args.warmup:
         parser.error(f"--steps {args.steps} leaves no step after --warmup {args.warmup}: raise --steps")
-
-    torch.manual_seed(1337)
-    text = open(args.data, encoding="utf-8").read()
-    chars = sorted(set(text))
-    lookup = {c: i for i, c in enumerate(chars)}
-    data = torch.tensor([lookup[c] for c in text[: len(text) * 9 // 10]], dtype=torch.long)
-    model = GPT(len(chars), args.layers, args.heads, args.dim, args.block, args.position == "rope")
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    rest = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.99), fused=True if args.fused else None)
-    step_fn = torch.compile(model) if args.compile else model
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
-
+    step = bare_step(
+        args.data,
+        args.layers,
+        args.heads,
+        args.dim,
+        args.block,
+        args.batch,
+        args.position,
+        args.dtype,
+        args.compile,
+        args.fused,
+    )
     times, loss = [], None
     for _ in range(args.steps):
         start = time.perf_counter()
-        ix = torch.randint(len(data) - args.block - 1, (args.batch,))
-        x = torch.stack([data[i : i + args.block] for i in ix])
-        y = torch.stack([data[i + 1 : i + 1 + args.block] for i in ix])
-        with autocast:
-            loss = step_fn(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss = step()
         times.append(time.perf_counter() - start)
-    step = statistics.median(times[args.warmup :])
-    params = sum(p.numel() for p in model.parameters())
+    median = statistics.median(times[args.warmup :])
     print(
         json.dumps(
             {
-                "step_time": step,
-                "tokens_per_sec": args.batch * args.block / step,
+                "step_time": median,
+                "tokens_per_sec": args.batch * args.block / median,
                 "loss": loss.item(),
-                "params": params,
+                "params": step.params,
                 "threads": torch.get_num_threads(),
             }
         )

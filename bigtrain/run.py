@@ -233,7 +233,8 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
             sinks.close()
     if t.compile:
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        log(f"torch.compile: {graphs} graphs compiled (dynamo's count: a block's training and evaluation forward)")
+        what = "the model's" if t.compile_scope == "model" else "a block's"
+        log(f"torch.compile: {graphs} graphs compiled (dynamo's count: {what} training and evaluation forward)")
     return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, vocab, log)
 
 
@@ -341,7 +342,7 @@ def _sample(cfg: Config, engine, ranks: Ranks, tokenizer, vocab: Vocab) -> str:
     else:
         next_logits = last_logits(engine.module)
     prompt = tokenizer.encode(t.sample_prompt) if t.sample_prompt else [tokenizer.eod]
-    # a compiled block would recompile for every prompt length: sampling runs eager
+    # compiled code would recompile for every prompt length: sampling runs eager
     eager = torch.compiler.set_stance("force_eager") if t.compile else contextlib.nullcontext()
     with evaluating(engine.module), eager:
         ids = generate(

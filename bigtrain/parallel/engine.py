@@ -59,9 +59,13 @@ def build_engine(
         model = GPT(cfg.model, tp, vocab, seed=cfg.trainer.seed, checkpoint_activations=ckpt)
         log("3. pipeline: none")
         mpu = DeepSpeedMPU()
-        if cfg.trainer.compile:
+        # In place (nn.Module.compile): parameter names and checkpoints stay the same.
+        if cfg.trainer.compile and cfg.trainer.compile_scope == "model":
+            model.compile()
+            log("   torch.compile of the whole model, one graph (compiles on the first step)")
+        elif cfg.trainer.compile:
             for block in model.blocks:
-                block.compile()  # in place: parameter names and checkpoints stay the same
+                block.compile()
             log("   torch.compile per transformer block (compiles on the first step)")
     optimizer, schedule = build_optimizer(model, cfg.optim, cfg.trainer.max_steps)
     ds_config = deepspeed_config(cfg, layout)

@@ -1,5 +1,6 @@
 """The speed options through the real entry point: trainer.compile trains like eager (fp32 in
-one process; bf16 under ZeRO-2 over two ranks, with the presets' clipping, eval and sampling),
+one process, block by block and the whole model; bf16 under ZeRO-2 over two ranks, with the
+presets' clipping, eval and sampling),
 and trainer.threads / pin_cores set what they say."""
 
 import json
@@ -38,15 +39,20 @@ def train(command: list[str], corpus, run_dir, *extra: str) -> tuple[list[dict],
 
 @pytest.mark.parametrize(
     "ranks,extra,rel",
-    [(1, ["precision=fp32"], 1e-4), (2, ["parallel=zero2", "precision=bf16"], 2e-2)],
-    ids=["single-fp32", "zero2_dp2-bf16"],
+    [
+        (1, ["precision=fp32"], 1e-4),
+        (1, ["precision=fp32", "trainer.compile_scope=model"], 1e-4),
+        (2, ["parallel=zero2", "precision=bf16"], 2e-2),
+    ],
+    ids=["single-fp32", "single-fp32-whole-model", "zero2_dp2-bf16"],
 )
-def test_compiled_blocks_train_like_eager(ranks, extra, rel, corpus, cache_dir, tmp_path):
+def test_compiled_trains_like_eager(ranks, extra, rel, corpus, cache_dir, tmp_path):
     command = deepspeed_command(ranks) if ranks > 1 else [PYTHON, "launch/pretrain.py"]
     eager, _ = train(command, corpus, tmp_path / "eager", *extra)
     command = deepspeed_command(ranks) if ranks > 1 else [PYTHON, "launch/pretrain.py"]
     compiled, out = train(command, corpus, tmp_path / "compiled", *extra, "trainer.compile=true")
-    assert "torch.compile per transformer block" in out
+    whole = "trainer.compile_scope=model" in extra
+    assert ("torch.compile of the whole model" if whole else "torch.compile per transformer block") in out
     graphs = int(out.split("torch.compile: ")[1].split(" graphs")[0])
     assert graphs >= 2, out[-2000:]  # at least the training forward and the eval forward
     assert [r["step"] for r in compiled] == [r["step"] for r in eager] == list(range(1, 13))
