@@ -33,10 +33,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bare_loop import bare_step  # noqa: E402  (beside this file)
+import speed  # noqa: E402  (beside this file)
+from bare_loop import bare_step  # noqa: E402
 
-PRESET = {"layers": 4, "heads": 4, "dim": 128, "block": 64, "batch": 12, "position": "rope"}
-MID = {"layers": 6, "heads": 6, "dim": 384, "block": 256, "batch": 8, "position": "learned"}
+# speed.py's two models, without its step counts (this script sets its own)
+PRESET, MID = ({k: v for k, v in m.items() if k != "steps"} for m in (speed.PRESET, speed.MID))
 # name: (model shape, bigtrain's extra overrides, steps per side, steps per block, warm-up steps, target)
 CASES = {
     "preset": (PRESET, [], 600, 20, 20, 0.97),
@@ -53,11 +54,7 @@ def overrides(model: dict, extra: list[str], steps: int, data: str, run_dir: Pat
     return [
         "experiment=shakespeare_char_cpu",
         f"data.path={data}",
-        f"model.n_layers={model['layers']}",
-        f"model.n_heads={model['heads']}",
-        f"model.d_model={model['dim']}",
-        f"model.seq_len={model['block']}",
-        f"model.position={model['position']}",
+        *speed.shape_overrides(model),
         f"trainer.micro_batch_size={model['batch']}",
         f"trainer.global_batch_size={model['batch']}",
         f"trainer.max_steps={steps}",
@@ -136,19 +133,6 @@ def measure(case: str, data: str) -> dict:
     }
 
 
-def versions() -> dict:
-    from importlib.metadata import version  # noqa: PLC0415
-
-    from bigtrain.metrics.peak import _cpu_name  # noqa: PLC0415
-
-    return {
-        "machine": f"{_cpu_name()}, {torch.get_num_threads()} threads",
-        "torch": torch.__version__,
-        "deepspeed": version("deepspeed"),
-        "megatron-core": version("megatron-core"),
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-path", required=True)
@@ -174,7 +158,7 @@ def main() -> None:
             flush=True,
         )
     command = "python " + " ".join(sys.argv)
-    report = {"command": command, **versions(), "results": results}
+    report = {"command": command, **speed.versions(), "results": results}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     out = ROOT / "benchmarks" / "results" / f"tax_{device}"
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
