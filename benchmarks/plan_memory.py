@@ -9,12 +9,19 @@ resident memory before the final checkpoint (metrics.jsonl's mem_gb, the process
 compared with the planner's prediction for that rank (`bigtrain/plan.py`, CPU fixed overhead).
 `tests/e2e/test_plan_memory.py` runs the same comparison on the layouts within 10%.
 Writes benchmarks/results/plan_memory.{json,md}.
+
+    python benchmarks/plan_memory.py --data-path ../shared/data/tinyshakespeare.txt --layouts pp2 --repeat 10
+
+runs the named layouts several times each and writes every run's peak, with the spread, to
+benchmarks/results/plan_memory_repeat.{json,md}; with --busy-core, a spinning process keeps one
+core busy meanwhile (as another job would) and the results go to plan_memory_repeat_busy.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,27 +36,60 @@ from tests.helpers.plan_memory import LAYOUTS, RUN, compare  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-path", type=Path, required=True)
+    parser.add_argument("--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS))
+    parser.add_argument("--repeat", type=int, default=1, help="runs per layout")
+    parser.add_argument("--busy-core", action="store_true", help="keep one core busy with a spinning process meanwhile")
     args = parser.parse_args()
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy_core else None
+    try:
+        rows = measure(args)
+    finally:
+        if spinner:
+            spinner.kill()
+    write(rows, args.repeat)
+
+
+def measure(args) -> list[dict]:
     rows = []
-    for name in LAYOUTS:
-        measured, predicted = compare(name, args.data_path.resolve(), Path(tempfile.mkdtemp(prefix=f"plan-{name}-")))
+    for name in args.layouts:
+        peaks, first = [], None
+        for _ in range(args.repeat):
+            measured, predicted = compare(
+                name, args.data_path.resolve(), Path(tempfile.mkdtemp(prefix=f"plan-{name}-"))
+            )
+            first = first or measured
+            peaks.append(round(measured / GB, 3))
+            print(name, peaks[-1], flush=True)
         rows.append(
             {
                 "layout": name,
-                "measured_gb": round(measured / GB, 3),
+                "measured_gb": peaks[0] if args.repeat == 1 else peaks,
                 "predicted_gb": round(predicted.total_bytes / GB, 3),
-                "ratio": round(predicted.total_bytes / measured, 3),
+                "ratio": round(predicted.total_bytes / first, 3),
                 "predicted_parts_gb": {k: round(v / GB, 3) for k, v in predicted.memory.items()},
             }
         )
-        print(rows[-1], flush=True)
+    return rows
+
+
+def write(rows: list[dict], repeat: int) -> None:
     command = "python benchmarks/plan_memory.py " + " ".join(sys.argv[1:])
     out = ROOT / "benchmarks" / "results"
-    result = {"command": command, "run": RUN, "results": rows}
-    (out / "plan_memory.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [f"`{command}`", "", "| layout | measured GB | predicted GB | predicted / measured |", "|---|---|---|---|"]
-    lines += [f"| {r['layout']} | {r['measured_gb']} | {r['predicted_gb']} | {r['ratio']:.2f}× |" for r in rows]
-    (out / "plan_memory.md").write_text("\n".join(lines) + "\n")
+    busy = "_busy" if "--busy-core" in sys.argv else ""
+    stem = "plan_memory" if repeat == 1 else f"plan_memory_repeat{busy}"
+    (out / f"{stem}.json").write_text(json.dumps({"command": command, "run": RUN, "results": rows}, indent=1) + "\n")
+    if repeat == 1:
+        lines = ["| layout | measured GB | predicted GB | predicted / measured |", "|---|---|---|---|"]
+        lines += [f"| {r['layout']} | {r['measured_gb']} | {r['predicted_gb']} | {r['ratio']:.2f}× |" for r in rows]
+    else:
+        lines = ["| layout | runs | measured GB, each run | lowest - highest | predicted GB | predicted / measured |"]
+        lines.append("|---|---|---|---|---|---|")
+        for r in rows:
+            low, high, pred = min(r["measured_gb"]), max(r["measured_gb"]), r["predicted_gb"]
+            each = ", ".join(map(str, r["measured_gb"]))
+            ratios = f"{pred / high:.2f}× - {pred / low:.2f}×"
+            lines.append(f"| {r['layout']} | {len(r['measured_gb'])} | {each} | {low} - {high} | {pred} | {ratios} |")
+    (out / f"{stem}.md").write_text("\n".join([f"`{command}`", "", *lines]) + "\n")
     print("\n".join(lines))
 
 

@@ -11,9 +11,9 @@ layout had never changed.
 
 The copy streams: every tensor's shape is known before any is gathered, so the writer puts the
 safetensors header down first and then gathers, writes and frees one tensor at a time. A rank
-holds at most one full tensor (plus, under tensor parallelism, its gathered shards) whatever the
-model's size; `SaveStats` counts those bytes as they are allocated and freed. Loading reads one
-tensor at a time from the memory-mapped files (`TensorFiles`).
+holds at most one full tensor plus, under tensor parallelism, one reused buffer its shards are
+gathered into, whatever the model's size; `SaveStats` counts those bytes as they are allocated and
+freed. Loading reads one tensor at a time from the memory-mapped files (`TensorFiles`).
 """
 
 from __future__ import annotations
@@ -183,17 +183,31 @@ def _full_shape(name: str, p, tp_size: int, vocab: Vocab) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _gathered(local: torch.Tensor, p, size: int, stats: SaveStats) -> torch.Tensor:
-    """[tp, *local]: every tensor-parallel rank's shard of this tensor, on the host."""
+def _gathered(local: torch.Tensor, p, size: int, stats: SaveStats, workspace: torch.Tensor | None) -> torch.Tensor:
+    """[tp, *local]: every tensor-parallel rank's shard of this tensor, on the host. Shards are
+    gathered into `workspace`, one buffer the size of the largest gathered tensor that every
+    gather reuses: gloo's worker threads release a collective's tensors a little after it
+    returns, so a fresh buffer per tensor could briefly hold two tensors' bytes."""
     local = stats.hold(local.detach().float().cpu().contiguous())
     if not getattr(p, "tensor_model_parallel", False) or size == 1:
         return local.unsqueeze(0)
-    out = stats.hold(torch.empty((size, *local.shape), dtype=local.dtype))
+    out = workspace[: size * local.numel()].view(size, *local.shape)
     mine = out[torch.distributed.get_rank(group=tensor_parallel_group())]
     mine.copy_(local)
-    del local  # the collective gets a view of `out`: however long it keeps its input, no extra bytes
+    del local  # the collective gets views of `workspace`: however long it keeps them, no extra bytes
     torch.distributed.all_gather(list(out.unbind(0)), mine, group=tensor_parallel_group())
     return out
+
+
+def _workspace(params: list, tp_size: int, stats: SaveStats) -> torch.Tensor | None:
+    """The host buffer every tensor-parallel gather reuses, as large as the largest gathered
+    tensor; None when nothing is split."""
+    split = [
+        tp_size * math.prod(getattr(p, "ds_shape", p.shape))
+        for p in params
+        if getattr(p, "tensor_model_parallel", False)
+    ]
+    return stats.hold(torch.empty(max(split), dtype=torch.float32)) if tp_size > 1 and split else None
 
 
 def _row_blocks(gathered: torch.Tensor, dim: int, rows: int) -> Iterator[torch.Tensor]:
@@ -231,6 +245,7 @@ def save(engine, out: Path, n_layers: int, ranks: Ranks, vocab: Vocab) -> SaveSt
     ]
     shapes = {name: _full_shape(name, p, tp_size, vocab) for name, p in params}
     stats.largest_tensor_bytes = 4 * max((math.prod(s) for s in shapes.values()), default=0)
+    workspace = _workspace([p for _, p in params], tp_size, stats)
     weights = _StreamingFile(
         out / f"model-pp{ranks.pp:02d}.safetensors" if writer else None, [(n, shapes[n]) for n, _ in params]
     )
@@ -241,9 +256,9 @@ def save(engine, out: Path, n_layers: int, ranks: Ranks, vocab: Vocab) -> SaveSt
     try:
         for name, p in params:
             dim, rows = getattr(p, "partition_dim", 0), shapes[name][0] if shapes[name] else 1
-            weights.write(name, _row_blocks(_gathered(_full_fp32(p), p, tp_size, stats), dim, rows), stats)
+            weights.write(name, _row_blocks(_gathered(_full_fp32(p), p, tp_size, stats, workspace), dim, rows), stats)
             for key in MOMENTS:
-                blocks = _row_blocks(_gathered(_full_moment(engine, p, key), p, tp_size, stats), dim, rows)
+                blocks = _row_blocks(_gathered(_full_moment(engine, p, key), p, tp_size, stats, workspace), dim, rows)
                 moments.write(f"{key}/{name}", blocks, stats)
     finally:
         weights.close()

@@ -69,8 +69,8 @@ def short_run(root, name: str, corpus, steps: int) -> list[str]:
 
 def assert_streamed(ckpt: Path) -> None:
     """`ckpt`'s consolidated copy was written one tensor at a time: no rank held more than twice
-    its largest tensor at once (under tensor parallelism, the gathered shards plus one block of
-    the joined tensor), a small part of the whole copy."""
+    its largest tensor at once (under tensor parallelism, the buffer every gather reuses plus one
+    block of the joined tensor), a small part of the whole copy."""
     meta = json.loads((ckpt / "bigtrain" / "meta.json").read_text())
     copy = sum(f.stat().st_size for f in (ckpt / "bigtrain").glob("*.safetensors"))
     ranks = meta["consolidated_save"]["per_rank"]

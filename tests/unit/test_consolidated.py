@@ -60,3 +60,36 @@ def test_save_stats_release_bytes_when_python_frees_the_tensor():
     stats.hold(torch.zeros(250))  # freed at once: nothing refers to it
     assert stats.held_bytes == 4000 and stats.peak_host_bytes == 6000
     assert kept.numel() == 1000
+
+
+def test_gathers_reuse_one_buffer_while_the_collective_keeps_their_tensors(monkeypatch, tmp_path):
+    """gloo's worker threads let go of a collective's tensors a little after it returns. Here the
+    collective never lets go, and a rank still holds no more than twice its largest tensor."""
+    kept = []
+
+    def all_gather(outputs, mine, group=None):
+        kept.append(outputs)
+        for i, out in enumerate(outputs):
+            if out.data_ptr() != mine.data_ptr():
+                out.copy_(mine + 100 * i)  # the other rank's shard
+
+    monkeypatch.setattr(torch.distributed, "all_gather", all_gather)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: 0)
+    monkeypatch.setattr(consolidated, "tensor_parallel_group", lambda: None)
+    params = {name: torch.nn.Parameter(torch.randn(rows, 8)) for name, rows in [("a", 4), ("b", 8), ("c", 2)]}
+    for p in params.values():
+        p.tensor_model_parallel, p.partition_dim = True, 0
+    stats = SaveStats()
+    workspace = consolidated._workspace(list(params.values()), 2, stats)
+    out = _StreamingFile(tmp_path / "x.safetensors", [(n, (2 * p.shape[0], 8)) for n, p in params.items()])
+    for name, p in params.items():
+        out.write(
+            name,
+            _row_blocks(consolidated._gathered(p.detach().clone(), p, 2, stats, workspace), 0, 2 * p.shape[0]),
+            stats,
+        )
+    out.close()
+    back = load_file(tmp_path / "x.safetensors")
+    assert all(torch.equal(back[n], torch.cat([p.detach(), p.detach() + 100])) for n, p in params.items())
+    assert len(kept) == 3
+    assert stats.peak_host_bytes <= 2 * 4 * 16 * 8  # twice the largest gathered tensor ("b": 16 x 8 fp32)
