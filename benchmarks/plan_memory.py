@@ -46,37 +46,34 @@ def main() -> None:
     finally:
         if spinner:
             spinner.kill()
-    write(rows, args.repeat)
+    write(rows, args.repeat, args.busy_core)
 
 
 def measure(args) -> list[dict]:
     rows = []
     for name in args.layouts:
-        peaks, first = [], None
+        measured = []
         for _ in range(args.repeat):
-            measured, predicted = compare(
-                name, args.data_path.resolve(), Path(tempfile.mkdtemp(prefix=f"plan-{name}-"))
-            )
-            first = first or measured
-            peaks.append(round(measured / GB, 3))
-            print(name, peaks[-1], flush=True)
+            peak, predicted = compare(name, args.data_path.resolve(), Path(tempfile.mkdtemp(prefix=f"plan-{name}-")))
+            measured.append(peak)
+            print(name, round(peak / GB, 3), flush=True)
+        peaks = [round(m / GB, 3) for m in measured]
         rows.append(
             {
                 "layout": name,
                 "measured_gb": peaks[0] if args.repeat == 1 else peaks,
                 "predicted_gb": round(predicted.total_bytes / GB, 3),
-                "ratio": round(predicted.total_bytes / first, 3),
+                "ratio": round(predicted.total_bytes / measured[0], 3),
                 "predicted_parts_gb": {k: round(v / GB, 3) for k, v in predicted.memory.items()},
             }
         )
     return rows
 
 
-def write(rows: list[dict], repeat: int) -> None:
+def write(rows: list[dict], repeat: int, busy_core: bool) -> None:
     command = "python benchmarks/plan_memory.py " + " ".join(sys.argv[1:])
     out = ROOT / "benchmarks" / "results"
-    busy = "_busy" if "--busy-core" in sys.argv else ""
-    stem = "plan_memory" if repeat == 1 else f"plan_memory_repeat{busy}"
+    stem = "plan_memory" if repeat == 1 else "plan_memory_repeat" + ("_busy" if busy_core else "")
     (out / f"{stem}.json").write_text(json.dumps({"command": command, "run": RUN, "results": rows}, indent=1) + "\n")
     if repeat == 1:
         lines = ["| layout | measured GB | predicted GB | predicted / measured |", "|---|---|---|---|"]
