@@ -7,6 +7,7 @@ group exists. Nothing else in bigtrain writes `os.environ` or patches a library.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -111,6 +112,22 @@ def set_threads(threads: int | None, pin_cores: bool) -> str:
     if threads:
         torch.set_num_threads(threads)
     return f"{torch.get_num_threads()} threads per rank{pinned}"
+
+
+@contextlib.contextmanager
+def threads_kept():
+    """While inside, set_threads may change torch's thread count and this process's cores; both
+    are as before afterwards (a process that runs one job after another: tests, notebooks)."""
+    import torch  # noqa: PLC0415  (see setup_process)
+
+    threads = torch.get_num_threads()
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if cores is not None:
+            os.sched_setaffinity(0, cores)
 
 
 def _share_cores() -> None:

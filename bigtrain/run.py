@@ -41,7 +41,7 @@ from bigtrain.parallel.health import PeerLost, describe, lost_peer
 from bigtrain.parallel.pipeline import pipeline_logits
 from bigtrain.parallel.state import Ranks, seed_everything, tensor_parallel_plan
 from bigtrain.plan import Cluster, plan, planning_vocab, report
-from bigtrain.process import rank_prefix, set_threads, set_verbosity, with_rank
+from bigtrain.process import rank_prefix, set_threads, set_verbosity, threads_kept, with_rank
 from bigtrain.train import consolidated
 from bigtrain.train.checkpoint import Checkpointer, CheckpointError, latest_checkpoint, read_meta
 from bigtrain.train.loop import NonFiniteError, Trainer, TrainState
@@ -99,7 +99,11 @@ def _on_every_rank(err: Exception) -> Exception:
 
 
 def run(cfg: Config, run_dir: Path) -> dict:
-    """Train as configured; returns the final summary (validation loss, perplexity, sample)."""
+    """Train as configured; returns the final summary (validation loss, perplexity, sample).
+
+    Re-entrant: whatever the run changes in its process (process groups, signal handlers, timed
+    collectives, threads, compiled graphs) is undone when it returns or raises, so one process can
+    run one job after another (a notebook, a sweep, the test suite's warm workers)."""
     try:
         layout = validate(cfg)  # before any process group
     except ConfigError as err:
@@ -107,17 +111,17 @@ def run(cfg: Config, run_dir: Path) -> dict:
     if cfg.trainer.dry_run:
         return _dry_run(cfg, layout)
     set_verbosity(cfg.logging.verbose)
-    threads = set_threads(cfg.trainer.threads, cfg.trainer.pin_cores)
-    ranks = pstate.init_distributed(layout, cfg.parallel.collective_timeout_s)
-    log = print if ranks.is_main else (lambda *a, **k: None)
-    log(f"cpu: {threads}" if ranks.device.type == "cpu" else f"host threads: {threads}")
-    lock = RunLock(run_dir)
-    try:
+    with contextlib.ExitStack() as undo:
+        undo.enter_context(threads_kept())
+        threads = set_threads(cfg.trainer.threads, cfg.trainer.pin_cores)
+        ranks = pstate.init_distributed(layout, cfg.parallel.collective_timeout_s)
+        undo.callback(pstate.destroy)
+        log = print if ranks.is_main else (lambda *a, **k: None)
+        log(f"cpu: {threads}" if ranks.device.type == "cpu" else f"host threads: {threads}")
+        lock = RunLock(run_dir)
+        undo.callback(lock.release)
         _all_or_none(ranks, lambda: _claim(cfg, run_dir, lock, log), ranks.is_main, RunDirError)
-        return _train(cfg, run_dir, ranks, log)
-    finally:
-        lock.release()
-        pstate.destroy()
+        return _train(cfg, run_dir, ranks, log, undo)
 
 
 def _claim(cfg: Config, run_dir: Path, lock: RunLock, log) -> None:
@@ -163,7 +167,7 @@ def model_vocab(model: ModelConfig, tokenizer_vocab: int, tp_size: int) -> Vocab
     return Vocab.of(size, model.pad_vocab_multiple, tp_size)
 
 
-def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
+def _train(cfg: Config, run_dir: Path, ranks: Ranks, log, undo: contextlib.ExitStack) -> dict:
     t, layout = cfg.trainer, ranks.layout
     latest = latest_checkpoint(_ckpt_root(cfg, run_dir))
     done = read_meta(latest)["step"] if latest else 0
@@ -216,9 +220,12 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
         guard,
         log,
         min_loss_scale=cfg.precision.min_loss_scale if cfg.precision.dtype == "fp16" else None,
-        comm=_comm_clock(cfg, log),
+        comm=_comm_clock(cfg, log, undo),
     )
-    checkpointer.install_signal_handlers()
+    undo.enter_context(checkpointer.stop_on_signals())  # to the end of the run, the final sample too
+    if t.compile:  # the next run in this process compiles and counts its own graphs
+        undo.callback(torch._dynamo.utils.counters.clear)
+        undo.callback(torch._dynamo.reset)
     try:
         trainer.fit()
     except RuntimeError as err:  # gloo/NCCL: a broken connection or a timeout
@@ -238,17 +245,16 @@ def _train(cfg: Config, run_dir: Path, ranks: Ranks, log) -> dict:
     return _finish(cfg, run_dir, ranks, engine, trainer, tokenizer, vocab, log)
 
 
-def _comm_clock(cfg: Config, log) -> CommClock | None:
-    """logging.comm_time: a clock on the collectives, where their time can be measured."""
+def _comm_clock(cfg: Config, log, undo: contextlib.ExitStack) -> CommClock | None:
+    """logging.comm_time: a clock on the collectives, where their time can be measured, until the
+    run ends."""
     if not cfg.logging.comm_time:
         return None
     why = comm_unmeasurable()
     if why:
         log(why)
         return None
-    clock = CommClock()
-    clock.install()
-    return clock
+    return undo.enter_context(CommClock())
 
 
 def _sinks(cfg: Config, run_dir: Path, state: TrainState, params: int, layout) -> Sinks:

@@ -18,6 +18,7 @@ from bigtrain.config import Config, validate  # noqa: E402
 from bigtrain.parallel.state import init_distributed, seed_everything  # noqa: E402
 from tests.distributed.parity import REPORT  # noqa: E402
 from tests.e2e.test_random_kills import LOST  # noqa: E402
+from tests.helpers import pool  # noqa: E402
 from tests.helpers.launch import SHAKESPEARE  # noqa: E402
 
 
@@ -68,6 +69,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_sessionfinish(session):
+    pool.close_all()  # the warm workers (tests/helpers/pool.py) end with the session
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -7,8 +7,9 @@ the time inside it says nothing, so there nothing is measured (`measurable` says
 
 `CommClock.install()` wraps the functions in `OPS` on `torch.distributed` and every alias of them
 that DeepSpeed or megatron-core bound at import, module attributes and DeepSpeed's communication
-backend's (install it after DeepSpeed's `init_distributed`), once per process. A collective that
-calls another is counted once.
+backend's (install it after DeepSpeed's `init_distributed`); `uninstall()` puts every one back,
+so a process can run one clock after another (`with CommClock() as clock:` does both). A
+collective that calls another is counted once.
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ class CommClock:
     def __init__(self):
         self.seconds = 0.0
         self._inside = threading.local()
+        self._replaced: list[tuple[object, str, object]] = []  # (holder, attribute, original)
+
+    def __enter__(self) -> CommClock:
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
 
     def take(self) -> float:
         seconds, self.seconds = self.seconds, 0.0
@@ -88,6 +97,7 @@ class CommClock:
             if fn is None or getattr(fn, "_bigtrain_timed", False):
                 continue
             originals[fn] = self._wrap(fn)
+            self._replaced.append((dist, name, fn))
             setattr(dist, name, originals[fn])
         prefixes = ("deepspeed", "megatron", "torch.distributed")
         holders = [module for name, module in list(sys.modules.items()) if name.startswith(prefixes)]
@@ -100,7 +110,13 @@ class CommClock:
                 except TypeError:  # unhashable
                     continue
                 if timed is not None:
+                    self._replaced.append((holder, attr, value))
                     setattr(holder, attr, timed)
+
+    def uninstall(self) -> None:
+        for holder, attr, original in reversed(self._replaced):
+            setattr(holder, attr, original)
+        self._replaced.clear()
 
     def _wrap(self, fn):
         clock = self

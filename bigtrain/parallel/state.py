@@ -131,10 +131,15 @@ def seed_everything(seed: int, ranks: Ranks) -> None:
 
 
 def destroy() -> None:
+    """Undo init_distributed, so that the process can start another run (a later layout included)."""
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        if deepspeed.comm.is_initialized():
+            # DeepSpeed's own: also drops the groups it cached (its world group, the mpu)
+            deepspeed.comm.destroy_process_group()
+        else:
+            torch.distributed.destroy_process_group()
 
 
 def data_parallel_group():

@@ -21,6 +21,7 @@ complete checkpoint when one is truncated or corrupted, saying so.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -193,14 +194,20 @@ class Checkpointer:
     def due(self, step: int) -> bool:
         return (step == self.max_steps and self.at_end) or (self.interval > 0 and step % self.interval == 0)
 
-    def install_signal_handlers(self) -> None:
-        """SIGTERM (Slurm preemption, time limit) and SIGUSR1 ask for a checkpoint and a clean exit."""
+    @contextlib.contextmanager
+    def stop_on_signals(self):
+        """While inside: SIGTERM (Slurm preemption, time limit) and SIGUSR1 ask for a checkpoint and
+        a clean exit. The handlers the process had come back afterwards."""
 
         def handler(signum, frame):
             self.stop_requested = True
 
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
 
     def should_stop(self) -> bool:
         """True on every rank once any rank was signalled (one tiny all-reduce per step)."""

@@ -1,4 +1,4 @@
-"""Run one parallel layout through the real deepspeed launcher and read back what it logged.
+"""Run one parallel layout on warm gloo workers and read back what it logged.
 
 The settings are the presets' defaults (gradient clipping at 1.0, the default optimizer and
 schedule, evaluation, the end-of-run sample), on a small model and 20 steps; only the global
@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers.launch import ROOT, deepspeed_command, launch, read_metrics
+from tests.helpers import pool
+from tests.helpers.launch import read_metrics
 
 STEPS = 20
 GPT = ["model=tiny", "model.n_layers=4", "model.d_model=64", "model.n_heads=4", "model.seq_len=32"]
@@ -60,15 +61,10 @@ REPORT: dict[str, dict[str, float]] = {}
 def run_layout_raw(
     corpus: Path, out: Path, ranks: int, overrides: list[str], timeout: int = 600, env: dict | None = None
 ):
-    """Launch `ranks` processes through the deepspeed launcher in run directory out/run."""
-    args = [
-        *deepspeed_command(ranks),
-        f"data.path={corpus}",
-        f"hydra.run.dir={out / 'run'}",
-        *COMMON,
-        *overrides,
-    ]
-    return launch(args, ROOT, timeout=timeout, env=env)
+    """Train on `ranks` warm gloo workers (tests/helpers/pool.py: bigtrain's entry point with the
+    deepspeed launcher's rank environment) in run directory out/run."""
+    args = [f"data.path={corpus}", f"hydra.run.dir={out / 'run'}", *COMMON, *overrides]
+    return pool.run(ranks, args, timeout=timeout, env=env)
 
 
 def run_layout(

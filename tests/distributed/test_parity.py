@@ -5,7 +5,7 @@ fp32: per-step loss and validation loss within 1e-4 relative of one process over
 logged pre-clipping gradient norm within 1e-3, the same sample, and `launch/generate.py`'s code
 path samples the same text from each layout's checkpoint.
 bf16: each layout against the one-process bf16 run, within BF16_TOLERANCE (measured figures in
-the README). Each layout runs through the real `deepspeed` launcher as multi-process gloo on CPU.
+the README). Each layout runs as multi-process gloo on CPU, on the warm workers (tests/helpers/pool.py).
 """
 
 import pytest
@@ -23,7 +23,7 @@ from tests.distributed.parity import (
     worst_relative_difference,
 )
 
-pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
+pytestmark = [pytest.mark.distributed, pytest.mark.pool]
 
 TOLERANCE = {"loss": 1e-4, "val_loss": 1e-4, "grad_norm": 1e-3}
 # bf16 rounds activations to 8 bits of mantissa; layouts reduce in different orders, so per-step

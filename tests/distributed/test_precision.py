@@ -9,24 +9,17 @@ Both run on DeepSpeed's ZeRO-1 optimizers (see bigtrain/config/deepspeed.py).
 import pytest
 
 from tests.distributed.parity import COMMON, GPT, LAYOUTS, STEPS, worst_relative_difference
-from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
+from tests.helpers import pool
+from tests.helpers.launch import read_metrics
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.pool
 TOLERANCE = {"bf16": 2e-3, "fp16": 1e-3}
 
 
-def run_single(corpus, run_dir, precision_overrides, entry="launch/pretrain.py"):
-    args = [
-        PYTHON,
-        entry,
-        f"data.path={corpus}",
-        f"hydra.run.dir={run_dir}",
-        *COMMON,
-        *GPT,
-        *LAYOUTS["single"][1],
-        *precision_overrides,
-    ]
-    proc = launch(args, ROOT)
+def run_single(corpus, run_dir, precision_overrides, fp16_on_cpu=False):
+    """One process (a warm pool worker); `fp16_on_cpu`: as tests/helpers/fp16_on_cpu.py runs it."""
+    args = [f"data.path={corpus}", f"hydra.run.dir={run_dir}", *COMMON, *GPT, *LAYOUTS["single"][1]]
+    proc = pool.run(1, [*args, *precision_overrides], fp16_on_cpu=fp16_on_cpu)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = read_metrics(run_dir)
     assert len(rows) == STEPS
@@ -47,9 +40,7 @@ def test_bf16_close_to_fp32(fp32, corpus, tmp_path):
 
 
 def test_fp16_dynamic_loss_scaling(fp32, corpus, tmp_path):
-    rows = run_single(
-        corpus, tmp_path, ["precision=fp16", "precision.initial_scale_power=16"], entry="tests/helpers/fp16_on_cpu.py"
-    )
+    rows = run_single(corpus, tmp_path, ["precision=fp16", "precision.initial_scale_power=16"], fp16_on_cpu=True)
     worst = worst_relative_difference(rows, fp32)
     print(f"\nfp16 vs fp32: worst relative loss difference {worst:.2e}")
     assert worst < TOLERANCE["fp16"]
@@ -65,7 +56,7 @@ def test_fp16_scale_shrinks_on_overflow_without_hysteresis(corpus, tmp_path):
         corpus,
         tmp_path,
         ["precision=fp16", "precision.initial_scale_power=24", "precision.hysteresis=1"],
-        entry="tests/helpers/fp16_on_cpu.py",
+        fp16_on_cpu=True,
     )
     scales = [r["loss_scale"] for r in rows]
     assert scales[:3] == [2.0**23, 2.0**22, 2.0**21], scales

@@ -13,7 +13,7 @@ import pytest
 from tests.distributed.parity import LAYOUTS, LLAMA, run_layout_raw
 from tests.helpers.launch import read_metrics
 
-pytestmark = [pytest.mark.distributed, pytest.mark.e2e, pytest.mark.four_ranks]  # every case has a tp2×pp2 side
+pytestmark = [pytest.mark.distributed, pytest.mark.pool, pytest.mark.four_ranks]  # every case has a tp2×pp2 side
 
 STEPS = ["trainer.max_steps=12", "trainer.eval_interval=100"]
 TOLERANCE = 1e-5

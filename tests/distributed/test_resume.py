@@ -10,7 +10,7 @@ from bigtrain.train.consolidated import read_tensors
 from tests.distributed.parity import GPT, LAYOUTS, LLAMA, run_layout_raw
 from tests.helpers.launch import assert_streamed, read_metrics
 
-pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
+pytestmark = [pytest.mark.distributed, pytest.mark.pool]
 
 # layout (parity.LAYOUTS) -> the model family it trains; one process is tests/e2e/test_relaunch.py
 FAMILY = {"zero3_dp2": GPT, "pp2": LLAMA}

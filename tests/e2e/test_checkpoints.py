@@ -1,4 +1,6 @@
-"""Checkpoint safety, Hugging Face export/import and generation, through the real entry points."""
+"""Checkpoint safety, Hugging Face export/import and generation: training on the warm workers
+(tests/helpers/pool.py, a crash through the real entry point), export and generation through
+launch/export_hf.py and launch/generate.py."""
 
 import json
 import shutil
@@ -13,23 +15,19 @@ from bigtrain.model.hf import from_hf, load_hf_folder, to_hf
 from bigtrain.tools import load_checkpoint_model
 from bigtrain.train.checkpoint import read_meta, resolve
 from tests.distributed.parity import COMMON, GPT, LLAMA, run_layout_raw
+from tests.helpers import pool
 from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.pool
 
 
-def single(corpus, run_dir, extra=(), env=None):
-    args = [
-        PYTHON,
-        "launch/pretrain.py",
-        f"data.path={corpus}",
-        f"hydra.run.dir={run_dir}",
-        *COMMON,
-        "parallel=single",
-        "trainer.micro_batch_size=4",
-        *extra,
-    ]
-    return launch(args, ROOT, env=env)
+def single(corpus, run_dir, extra=(), env=None, launcher=False):
+    """One process on a warm worker; `launcher`: `python launch/pretrain.py` itself (a fault
+    that ends the process)."""
+    args = [f"data.path={corpus}", f"hydra.run.dir={run_dir}", *COMMON, "parallel=single", "trainer.micro_batch_size=4"]
+    if launcher:
+        return launch([PYTHON, "launch/pretrain.py", *args, *extra], ROOT, env=env)
+    return pool.run(1, [*args, *extra], env=env)
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +158,7 @@ def test_generate_from_tensor_parallel_checkpoint(llama_tp2_run):
 def test_crash_during_checkpoint_write_resumes_from_previous(corpus, cache_dir, tmp_path):
     run_dir = tmp_path / "run"
     extra = [*GPT, "trainer.max_steps=12", "trainer.save_interval=4", "trainer.keep_last=2"]
-    crashed = single(corpus, run_dir, extra, env={"BIGTRAIN_FAULT": "before_publish:8"})
+    crashed = single(corpus, run_dir, extra, env={"BIGTRAIN_FAULT": "before_publish:8"}, launcher=True)
     assert crashed.returncode != 0
     ckpts = run_dir / "checkpoints"
     assert (ckpts / "step_00000008.partial").is_dir()  # written, never published

@@ -8,17 +8,19 @@ import json
 import pytest
 
 from bigtrain.train.checkpoint import MANIFEST, CheckpointError, damage, read_meta, resolve
-from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics, short_run
+from tests.helpers import pool
+from tests.helpers.launch import read_metrics, short_run
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.pool
 
 
-def command(root, corpus, steps: int, extra=()) -> list[str]:
-    return [PYTHON, "launch/pretrain.py", *short_run(root, "damaged", corpus, steps), *extra]
+def train(root, corpus, steps: int, extra=()):
+    """`python launch/pretrain.py` with the fault tests' short run, on a warm worker."""
+    return pool.run(1, [*short_run(root, "damaged", corpus, steps), *extra])
 
 
 def test_damaged_checkpoint_falls_back_to_the_previous_one(corpus, cache_dir, tmp_path):
-    first = launch(command(tmp_path, corpus, 8), ROOT)
+    first = train(tmp_path, corpus, 8)
     assert first.returncode == 0, first.stderr[-3000:]
     run, ckpts = tmp_path / "damaged", tmp_path / "damaged" / "checkpoints"
     before = {r["step"]: r["loss"] for r in read_metrics(run)}
@@ -38,7 +40,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(corpus, cache_dir, tm
     native = ckpts / "step_00000008" / "mp_rank_00_model_states.pt"
     native.write_bytes(native.read_bytes()[:1000])
 
-    again = launch(command(tmp_path, corpus, 10), ROOT)
+    again = train(tmp_path, corpus, 10)
     assert again.returncode == 0, again.stderr[-3000:]
     out = again.stdout
     assert "step_00000008 is damaged" in out and "falling back to the previous one" in out, out[-3000:]
@@ -50,15 +52,15 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(corpus, cache_dir, tm
 
 
 def test_checkpoint_of_another_tokenizer_or_shape_is_refused(corpus, cache_dir, tmp_path):
-    first = launch(command(tmp_path, corpus, 4), ROOT)
+    first = train(tmp_path, corpus, 4)
     assert first.returncode == 0, first.stderr[-3000:]
     other = tmp_path / "other.txt"
     other.write_text("abc def\n" * 3000 + "xyz\n" * 3000)  # 8 distinct characters, not 65
-    proc = launch(command(tmp_path, other, 8), ROOT)
+    proc = train(tmp_path, other, 8)
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     saved = read_meta(tmp_path / "damaged" / "checkpoints" / "step_00000004")["tokenizer"]["vocab_size"]
     assert f"was trained with another tokenizer ({saved} ids" in line and "this run's (" in line, proc.stderr[-2000:]
-    proc = launch(command(tmp_path, corpus, 8, ["model.n_layers=3"]), ROOT)
+    proc = train(tmp_path, corpus, 8, ["model.n_layers=3"])
     assert proc.returncode == 2
     assert "holds a different model (model.n_layers: checkpoint 2, requested 3)" in proc.stderr, proc.stderr[-2000:]

@@ -5,24 +5,20 @@ loss scale that collapses to its minimum stops the run."""
 
 import math
 import re
-import shutil
 
 import pytest
 
 from bigtrain.train.consolidated import read_tensors
 from tests.distributed.parity import COMMON, GPT, LAYOUTS, LLAMA
-from tests.helpers.launch import PYTHON, ROOT, free_port, launch, read_metrics
+from tests.helpers import pool
+from tests.helpers.launch import read_metrics
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.pool
 
 
-def run(corpus, run_dir, ranks: int, overrides, fault: str, entry="launch/pretrain.py"):
-    if ranks == 1:
-        head = [PYTHON, entry]
-    else:
-        head = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port()), entry]
+def run(corpus, run_dir, ranks: int, overrides, fault: str, fp16_on_cpu=False):
     args = [f"data.path={corpus}", f"hydra.run.dir={run_dir}", *COMMON, "trainer.sample_tokens=0", *overrides]
-    return launch([*head, *args], ROOT, env={"BIGTRAIN_FAULT": fault})
+    return pool.run(ranks, args, env={"BIGTRAIN_FAULT": fault}, fp16_on_cpu=fp16_on_cpu)
 
 
 def test_nan_step_is_skipped_counted_and_spikes_are_events(corpus, cache_dir, tmp_path):
@@ -75,7 +71,7 @@ def test_fp16_loss_scale_collapse_stops_the_run(corpus, cache_dir, tmp_path):
     # 2^24 overflows at once and halves each step (hysteresis 1); the minimum is 2^22
     overrides = [*GPT, "precision=fp16", "precision.initial_scale_power=24", "precision.hysteresis=1"]
     overrides += ["precision.min_loss_scale=4194304", *LAYOUTS["single"][1]]
-    proc = run(corpus, tmp_path, 1, overrides, "", entry="tests/helpers/fp16_on_cpu.py")
+    proc = run(corpus, tmp_path, 1, overrides, "", fp16_on_cpu=True)
     assert proc.returncode == 1, proc.stderr[-3000:]
     line = proc.stderr.strip().splitlines()[-1]
     assert "the fp16 loss scale collapsed to its minimum (4.1943e+06, precision.min_loss_scale)" in line, line

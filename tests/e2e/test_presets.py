@@ -1,4 +1,4 @@
-"""Every `conf/parallel/` preset runs to completion through the real deepspeed launcher with its
+"""Every `conf/parallel/` preset runs to completion (on the warm workers, tests/helpers/pool.py) with its
 own defaults (ZeRO stage, micro-batch, evaluation, clipping, checkpoint, the 200-token sample) on
 a tiny model: exit 0, finite losses, the layout it promises, and a sample in summary.json."""
 
@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from bigtrain.config.hydra import CONF_DIR
-from tests.helpers.launch import ROOT, deepspeed_command, launch, read_metrics
+from tests.helpers import pool
+from tests.helpers.launch import read_metrics
 
-pytestmark = [pytest.mark.distributed, pytest.mark.e2e]
+pytestmark = [pytest.mark.distributed, pytest.mark.pool]
 
 # preset -> (ranks to launch, tensor, pipeline, data parallel) it should produce
 RANKS = {
@@ -47,17 +48,8 @@ def test_every_parallel_preset_is_covered():
 )
 def test_preset_runs_with_its_own_defaults(preset, corpus, cache_dir, tmp_path):
     ranks, tensor, pipeline, data = RANKS[preset]
-    proc = launch(
-        [
-            *deepspeed_command(ranks),
-            f"parallel={preset}",
-            f"data.path={corpus}",
-            f"hydra.run.dir={tmp_path}",
-            *TINY,
-        ],
-        ROOT,
-        timeout=900,
-    )
+    args = [f"parallel={preset}", f"data.path={corpus}", f"hydra.run.dir={tmp_path}", *TINY]
+    proc = pool.run(ranks, args, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert re.search(rf"layout: world {ranks} = tensor {tensor} × pipeline {pipeline} × data {data};", proc.stdout)
     rows = read_metrics(tmp_path)
