@@ -6,7 +6,7 @@ layout of 1-2 CPU ranks.
 gpt2_124m's shape (model states dominate; sequence 128, micro-batch 1, global batch 2, a
 character vocabulary) trains 3 fp32 steps through the real launcher per layout. Rank 0's peak
 resident memory before the final checkpoint (metrics.jsonl's mem_gb, the process's ru_maxrss) is
-compared with the planner's prediction for that rank (`bigtrain/plan.py`, CPU fixed overhead).
+compared with the planner's prediction for that rank (`bigtrain/parallel/plan.py`, CPU fixed overhead).
 `tests/e2e/test_plan_memory.py` runs the same comparison on the layouts within 10%.
 Writes benchmarks/results/plan_memory.{json,md}.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bigtrain.plan import GB  # noqa: E402
+from bigtrain.parallel.plan import GB  # noqa: E402
 from tests.helpers.plan_memory import LAYOUTS, RUN, compare  # noqa: E402
 
 

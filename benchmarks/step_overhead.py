@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bigtrain.process import setup_process
+from bigtrain.entry.process import setup_process
 
 ROOT = Path(__file__).resolve().parents[1]
 setup_process()  # before DeepSpeed and megatron-core load, as every entry point does
@@ -66,8 +66,9 @@ def measure(position: str, rounds: int, steps: int) -> dict:
     ranks = init_distributed(validate(cfg, world_size=1))
     seed_everything(0, ranks)
     vocab = Vocab.of(VOCAB, cfg.model.pad_vocab_multiple)
-    engine, _, _ = build_engine(cfg, ranks, vocab, log=lambda *a: None)
-    plain_model = GPT(cfg.model, tensor_parallel_plan(cfg.parallel, ranks), vocab, seed=0)
+    tp = tensor_parallel_plan(cfg.parallel, ranks)
+    engine = build_engine(cfg, ranks, vocab, tp, lm_loss, log=lambda *a: None).engine
+    plain_model = GPT(cfg.model, tp, vocab, seed=0)
     reference = reference_shakespeare.Model(VOCAB, rotary=position == "rope")
     x, y = torch.randint(0, VOCAB, (BATCH, BLOCK)), torch.randint(0, VOCAB, (BATCH, BLOCK))
     mask = torch.ones(BATCH, BLOCK)

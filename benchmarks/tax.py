@@ -3,14 +3,15 @@ turns, a block of steps each, so that this machine's drifting speed hits both al
 
     python benchmarks/tax.py --data-path ../shared/data/tinyshakespeare.txt [--cases preset 10.8M ...]
 
-Each case runs in its own process. There `bigtrain.run.run` trains as `launch/pretrain.py` would
+Each case runs in its own process. There `bigtrain.entry.run.run` trains as `launch/pretrain.py` would
 (the preset's trainer: prefetching data pipeline, bigtrain's clipping, metrics sinks, evaluation on
 the preset's cadence), and after every block of its steps (20; 4 for 10.8M) the bare loop of
 `benchmarks/bare_loop.py` (same model shape, batch and corpus; eager fp32) runs as many steps in
 the same process. A bigtrain step is the wall time from one step's end to the next one's (logging
-and evaluation included); a bare step is one call of its loop body. Each block pair gives a ratio,
-bare step time / bigtrain step time (above 1: bigtrain is faster); the case's figure is the median
-over pairs, with the quartiles. Each side's first steps (warm-up, compilation) are left out.
+and evaluation included, timed by a step callback); a bare step is one call of its loop body.
+Each block pair gives a ratio, bare step time / bigtrain step time (above 1: bigtrain is
+faster); the case's figure is the median over pairs, with the quartiles. Each side's first steps
+(warm-up, compilation) are left out.
 
 Process-level runs (`benchmarks/speed.py`) start each loop fresh; on this shared 2-core machine their
 ratios spread over ±20% from round to round, which hides a few percent of tax. Writes
@@ -68,12 +69,11 @@ def overrides(model: dict, extra: list[str], steps: int, data: str, run_dir: Pat
 
 def measure(case: str, data: str) -> dict:
     """One case, in this process: bigtrain's run with the bare loop's blocks between its steps."""
-    from bigtrain.process import setup_process  # noqa: PLC0415
+    from bigtrain.entry.process import setup_process  # noqa: PLC0415
 
     setup_process()
     from bigtrain.config.hydra import compose  # noqa: PLC0415
-    from bigtrain.run import run  # noqa: PLC0415
-    from bigtrain.train.checkpoint import Checkpointer  # noqa: PLC0415
+    from bigtrain.entry.run import run  # noqa: PLC0415
 
     model, extra, steps, block, skip, target = CASES[case]
     bare = bare_step(data, **model)
@@ -83,26 +83,27 @@ def measure(case: str, data: str) -> dict:
     bare_times: list[float] = []
     pairs: list[tuple[int, int]] = []  # (end of a bigtrain block, end of its bare block) in each list
     last = [None]
-    should_stop = Checkpointer.should_stop
 
-    def timed_should_stop(self) -> bool:  # called once per step, after the step's work and logging
-        now = time.perf_counter()
-        if last[0] is not None:
-            big_times.append(now - last[0])
-        done = len(big_times)
-        if done and done % block == 0:
-            for _ in range(block):
-                start = time.perf_counter()
-                bare()
-                bare_times.append(time.perf_counter() - start)
-            pairs.append((done, len(bare_times)))
-        last[0] = time.perf_counter()
-        return should_stop(self)
+    class Turns:
+        """A step callback: bigtrain's step time from one step's end to the next (its logging,
+        evaluation and checkpoints included), and the bare loop's block after every `block` steps."""
 
-    Checkpointer.should_stop = timed_should_stop
+        def step_end(self, step: int, metrics: dict) -> None:
+            now = time.perf_counter()
+            if last[0] is not None:
+                big_times.append(now - last[0])
+            done = len(big_times)
+            if done and done % block == 0:
+                for _ in range(block):
+                    start = time.perf_counter()
+                    bare()
+                    bare_times.append(time.perf_counter() - start)
+                pairs.append((done, len(bare_times)))
+            last[0] = time.perf_counter()
+
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp) / "tax"
-        summary = run(compose(overrides(model, extra, steps, data, run_dir)), run_dir)
+        summary = run(compose(overrides(model, extra, steps, data, run_dir)), run_dir, callbacks=[Turns()])
     ratios, big_blocks, bare_blocks = [], [], []
     for end_big, end_bare in pairs:
         if end_big - block < skip:  # warm-up (and compilation) blocks

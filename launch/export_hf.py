@@ -3,7 +3,7 @@
 python launch/export_hf.py outputs/<run> hf_out/     # or .../checkpoints/step_00001000
 """
 
-from bigtrain.cli import export
+from bigtrain.entry.cli import export
 
 if __name__ == "__main__":
     export()

@@ -3,7 +3,7 @@
 python launch/generate.py outputs/<run> --prompt "ROMEO:" --max-tokens 200 --temperature 0.8 --top-k 50
 """
 
-from bigtrain.cli import generate
+from bigtrain.entry.cli import generate
 
 if __name__ == "__main__":
     generate()

@@ -4,10 +4,10 @@
 
 The same as the installed `bigtrain-plan`. Other overrides are the training command's
 (precision, trainer.micro_batch_size, trainer.global_batch_size, model.seq_len, ...). See
-bigtrain/plan.py for the model behind the figures.
+bigtrain/parallel/plan.py for the model behind the figures.
 """
 
-from bigtrain.cli import plan
+from bigtrain.entry.cli import plan
 
 if __name__ == "__main__":
     plan()

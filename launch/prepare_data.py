@@ -3,7 +3,7 @@
 python launch/prepare_data.py inputs=[corpus/] output=data/corpus tokenizer.kind=bpe tokenizer.vocab_size=32000
 """
 
-from bigtrain.cli import prepare
+from bigtrain.entry.cli import prepare
 
 if __name__ == "__main__":
     prepare()

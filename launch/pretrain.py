@@ -4,7 +4,7 @@ The same as the installed `bigtrain-pretrain`. Also runs under `torchrun`, `srun
 `python`. Overrides are Hydra's; see bigtrain/conf/ (also reachable as conf/) and the README.
 """
 
-from bigtrain.cli import pretrain
+from bigtrain.entry.cli import pretrain
 
 if __name__ == "__main__":
     pretrain()

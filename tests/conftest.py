@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bigtrain.process import setup_process
+from bigtrain.entry.process import setup_process
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # subprocesses: 2 cores shared by several ranks
 setup_process()  # what every entry point does first, before DeepSpeed and megatron-core load
@@ -54,6 +54,7 @@ def world1():
 
 def pytest_addoption(parser):
     parser.addoption("--bf16-all", action="store_true", help="bf16 parity on every layout, not one per bf16 path")
+    parser.addoption("--kill-seed", type=int, help="the random-kill test's seed (its failure message names it)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import bigtrain.conf
+from bigtrain.config.paths import writable_problem
 from bigtrain.config.schema import Config, ConfigError, from_dict
-from bigtrain.train.rundir import writable_problem
 
 # The built-in presets ship inside the package; Hydra finds them as `pkg://bigtrain.conf`, and a
 # user's own presets join them with `--config-dir DIR` (or hydra.searchpath).

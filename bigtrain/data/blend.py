@@ -25,9 +25,9 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 from bigtrain.config.blend import parse_blend
 from bigtrain.config.schema import ConfigError, DataConfig
 from bigtrain.data.corpus import DataError
+from bigtrain.data.files import sha256_file
 from bigtrain.data.prepare import Prepared
 from bigtrain.data.tokenizer import load_tokenizer
-from bigtrain.files import sha256_file
 
 SCAN_CHUNK = 1 << 22  # tokens per read when looking for the largest id
 SCAN_LIMIT = 1 << 26  # a prefix with more tokens is checked on 16 evenly spaced chunks

@@ -30,9 +30,9 @@ from tqdm import tqdm
 from bigtrain.config.schema import PrepareConfig, TokenizerConfig
 from bigtrain.data.corpus import DataError
 from bigtrain.data.encoding import encode_batch, init_encoder
+from bigtrain.data.files import sha256_file
 from bigtrain.data.sources import Skips, documents, expand_inputs
 from bigtrain.data.tokenizer import load_tokenizer, token_dtype, train_tokenizer
-from bigtrain.files import sha256_file
 
 
 def prepare_corpus(cfg: PrepareConfig, log=print) -> dict:

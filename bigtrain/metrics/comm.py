@@ -90,6 +90,15 @@ class CommClock:
         seconds, self.seconds = self.seconds, 0.0
         return seconds
 
+    # As a step callback (bigtrain/train/callbacks.py): the step's own collectives, not the
+    # evaluation's or the checkpoint's that follow it.
+    def step_start(self, step: int) -> None:
+        self.take()
+
+    def step_end(self, step: int, metrics: dict) -> None:
+        seconds = self.take()
+        metrics.update(comm_time=seconds, comm_share=seconds / metrics["step_seconds"])
+
     def install(self) -> None:
         originals = {}
         for name in OPS:

@@ -140,6 +140,7 @@ class Sinks:
             print(message, flush=True)
 
     def close(self) -> None:
+        """Idempotent: the run closes its sinks after training, and again on its way out."""
         if self.bar:
             self.bar.close()
         if self.jsonl:
@@ -148,6 +149,7 @@ class Sinks:
             self.tb.close()
         if self.wandb:
             self.wandb.finish()
+        self.bar = self.jsonl = self.tb = self.wandb = None
 
 
 def _wandb_run(cfg: LoggingConfig, run_dir: Path, run_config: dict, name: str, tags: tuple[str, ...]):

@@ -4,7 +4,7 @@ megatron-core's tensor-parallel layers run on CPU/gloo as they are, but a few he
 unconditionally. `apply()` patches exactly those, and only when CUDA is absent, so the same code
 path (sequence parallel, the RNG tracker, activation checkpointing) is tested on CPU. Every patch
 keeps megatron's semantics: the tracker forks the CPU generator the way it forks the CUDA one.
-Only `bigtrain.process.setup_process` calls `apply()`, once, before any model is built.
+Only `bigtrain.entry.process.setup_process` calls `apply()`, once, before any model is built.
 """
 
 from __future__ import annotations

@@ -11,31 +11,45 @@ Parallelism is applied in a fixed order, each step logged on rank 0:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import deepspeed
+import torch
 
 from bigtrain.config.deepspeed import deepspeed_config, plain_path
 from bigtrain.config.schema import Config
 from bigtrain.model.gpt import GPT
-from bigtrain.model.layers import Vocab
-from bigtrain.optim import build_optimizer
+from bigtrain.model.layers import TensorParallel, Vocab
+from bigtrain.model.optim import build_optimizer
 from bigtrain.parallel.clipping import GradClipper
+from bigtrain.parallel.guard import NonFiniteGuard
 from bigtrain.parallel.pipeline import build_pipeline
-from bigtrain.parallel.state import DeepSpeedMPU, Ranks, tensor_parallel_plan
-from bigtrain.train.guard import NonFiniteGuard
+from bigtrain.parallel.state import DeepSpeedMPU, Ranks
+
+# (logits (T, B, V/tp), labels (B, T), loss mask (B, T)) -> mean loss
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def build_engine(
-    cfg: Config, ranks: Ranks, vocab: Vocab, log=print
-) -> tuple[object, GradClipper | None, NonFiniteGuard]:
+@dataclass(frozen=True)
+class Engine:
+    """What a training step is computed with."""
+
+    engine: object  # DeepSpeed's engine (its PipelineEngine under pipeline stages)
+    loss_fn: LossFn  # the plain path's; a pipeline's last stage computes the same function
+    clipper: GradClipper | None  # bigtrain's clipping on the plain path (it knows the last norm), else DeepSpeed's
+    guard: NonFiniteGuard  # skips an update with NaN/Inf gradients; a step callback (its reset)
+    min_loss_scale: float | None  # fp16: stop when the dynamic loss scale collapses to it
+
+
+def build_engine(cfg: Config, ranks: Ranks, vocab: Vocab, tp: TensorParallel, loss_fn: LossFn, log=print) -> Engine:
     """Build the model for this rank and wrap it in a DeepSpeed engine.
 
     Takes the whole config on purpose: this is where model, parallel, precision, optimizer and
-    trainer settings meet. Returns the engine and, on the plain path, bigtrain's gradient clipper
-    (which knows the last step's gradient norm); elsewhere DeepSpeed's optimizer clips and reports
-    the norm itself.
+    trainer settings meet. `tp`: this rank's tensor-parallel plan (computed once per run);
+    `loss_fn`: the run's loss, which a pipeline's last stage computes inside DeepSpeed.
     """
     layout = ranks.layout
-    tp = tensor_parallel_plan(cfg.parallel, ranks)
     ckpt = cfg.trainer.activation_checkpointing == "full"
     log(
         f"layout: world {layout.world_size} = tensor {layout.tensor} × pipeline {layout.pipeline} × "
@@ -52,6 +66,7 @@ def build_engine(
             vocab,
             seed=cfg.trainer.seed,
             checkpoint_activations=ckpt,
+            loss_fn=loss_fn,
         )
         log(f"3. pipeline: {layout.pipeline} stages, partition by {cfg.parallel.pipeline_partition}")
         mpu = None  # the PipelineModule's topology supplies the groups
@@ -81,8 +96,9 @@ def build_engine(
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=ds_config, mpu=mpu
     )
+    min_scale = cfg.precision.min_loss_scale if cfg.precision.dtype == "fp16" else None
     if not plain_path(cfg):
-        return engine, None, _guard(optimizer, ranks, None)
+        return Engine(engine, loss_fn, None, _guard(optimizer, ranks, None), min_scale)
     if layout.data == 1:
         # One data-parallel rank: DeepSpeed's gradient all-reduce would only flatten, copy and
         # unflatten every gradient (~6% of a small model's step on CPU).
@@ -90,7 +106,7 @@ def build_engine(
     clipper = GradClipper(cfg.optim.grad_clip)
     engine.optimizer.register_step_pre_hook(clipper)
     log(f"   gradient clipping at {cfg.optim.grad_clip} by bigtrain (whole-model norm, before each optimizer step)")
-    return engine, clipper, _guard(optimizer, ranks, clipper)
+    return Engine(engine, loss_fn, clipper, _guard(optimizer, ranks, clipper), min_scale)
 
 
 def _guard(optimizer, ranks: Ranks, clipper: GradClipper | None) -> NonFiniteGuard:
@@ -100,3 +116,11 @@ def _guard(optimizer, ranks: Ranks, clipper: GradClipper | None) -> NonFiniteGua
     guard = NonFiniteGuard(ranks.device, clipper)
     optimizer.register_step_pre_hook(guard)
     return guard
+
+
+def loss_scale(optimizer) -> float:
+    """The current dynamic fp16 loss scale, wherever this DeepSpeed optimizer keeps it."""
+    config = getattr(optimizer, "loss_scale_config", None)
+    if config is not None:
+        return float(config.cur_scale)
+    return float(getattr(optimizer, "cur_scale", getattr(optimizer, "loss_scale", float("nan"))))

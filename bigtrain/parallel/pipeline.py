@@ -15,7 +15,7 @@ from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
 from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
 from bigtrain.config.schema import ModelConfig
-from bigtrain.model.gpt import Block, Embedding, FinalNorm, LMHead, lm_loss, seed_layer
+from bigtrain.model.gpt import Block, Embedding, FinalNorm, LMHead, seed_layer
 from bigtrain.model.layers import TensorParallel, Vocab, checkpoint, pad_positions
 from bigtrain.parallel.state import Ranks, pipeline_parallel_group, pipeline_peers
 
@@ -26,9 +26,9 @@ def _tied_logits(embedding: Embedding, hidden):
     return embedding.logits(hidden)
 
 
-def _loss(logits, labels_and_mask, tp: TensorParallel):
+def _loss(logits, labels_and_mask, loss_fn):
     labels, loss_mask = labels_and_mask
-    return lm_loss(logits, labels, loss_mask, tp)
+    return loss_fn(logits, labels, loss_mask)
 
 
 def layer_specs(m: ModelConfig, tp: TensorParallel, vocab: Vocab) -> list:
@@ -50,13 +50,16 @@ def build_pipeline(
     vocab: Vocab,
     seed: int,
     checkpoint_activations: bool,
+    loss_fn,
 ) -> PipelineModule:
+    """The stages of this rank's pipeline; the last computes `loss_fn` (logits, labels, loss mask),
+    the run's one loss function (bigtrain/model/gpt.py's lm_loss with the step callbacks' hooks)."""
     layout = ranks.layout
     # Axes (pipe, data, model): tensor-parallel ranks vary fastest, as in megatron-core.
     topology = PipeModelDataParallelTopology(num_pp=layout.pipeline, num_mp=layout.tensor, num_dp=layout.data)
     return PipelineModule(
         layers=layer_specs(model, tp, vocab),
-        loss_fn=functools.partial(_loss, tp=tp),
+        loss_fn=functools.partial(_loss, loss_fn=loss_fn),
         topology=topology,
         partition_method=PARTITION[partition],
         seed_layers=True,

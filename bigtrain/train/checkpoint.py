@@ -35,12 +35,14 @@ import torch
 from megatron.core import tensor_parallel
 
 from bigtrain.config.schema import Config, ModelConfig
-from bigtrain.faults import fault_point
-from bigtrain.files import sha256_file
+from bigtrain.data.files import sha256_file
+from bigtrain.data.tokenizer import Tokenizer, load_tokenizer
+from bigtrain.model.gpt import GPT
 from bigtrain.model.layers import Vocab
+from bigtrain.parallel.engine import loss_scale
 from bigtrain.parallel.state import Ranks
 from bigtrain.train import consolidated
-from bigtrain.train.loop import loss_scale
+from bigtrain.train.callbacks import Callbacks
 
 PARTIAL = ".partial"
 MANIFEST = "manifest.json"
@@ -180,12 +182,13 @@ class Checkpointer:
     """Saves, resumes and prunes one run's checkpoints. It takes the whole `Config` because a
     checkpoint records the run: `meta.json` holds the model, data, layout and precision."""
 
-    def __init__(self, cfg: Config, root: Path, ranks: Ranks, vocab: Vocab, tokenizer):
+    def __init__(self, cfg: Config, root: Path, ranks: Ranks, vocab: Vocab, tokenizer, callbacks: Callbacks):
         t = cfg.trainer
         self.cfg, self.root, self.ranks = cfg, Path(root), ranks
         self.interval, self.keep_last, self.max_steps = t.save_interval, t.keep_last, t.max_steps
         self.at_end = t.save_at_end
         self.vocab, self.tokenizer = vocab, tokenizer
+        self.callbacks = callbacks  # save_written and before_publish
         self.stop_requested = False
         self.saving = False  # inside save(): what a rank that loses a peer reports
 
@@ -241,7 +244,7 @@ class Checkpointer:
         engine.save_checkpoint(
             str(root), tag=staging.name, save_latest=False, client_state={"bigtrain": dataclasses.asdict(state)}
         )
-        fault_point("kill_mid_save", state.step)
+        self.callbacks.save_written(state.step)
         (staging / "rng").mkdir(parents=True, exist_ok=True)
         torch.save(rng, staging / "rng" / f"rank{self.ranks.rank}.pt")
         _restore_rng(rng)  # so a run that saves trains exactly like one that does not
@@ -253,7 +256,7 @@ class Checkpointer:
         names = _broadcast(names, self.ranks)
         share = hash_share(staging, names, self.ranks.rank, self.ranks.layout.world_size)
         shares, per_rank = zip(*_gather((share, stats.as_dict()), self.ranks), strict=True)
-        fault_point("before_publish", state.step)
+        self.callbacks.before_publish(state.step)
         if self.ranks.is_main:
             manifest = {name: entry for share in shares for name, entry in share.items()}
             (staging / "bigtrain" / MANIFEST).write_text(json.dumps(manifest, indent=0, sort_keys=True))
@@ -409,3 +412,22 @@ def _restore_rng(s: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(s["tracker"])
     if torch.cuda.is_available() and "cuda" in s:
         torch.cuda.set_rng_state(s["cuda"])
+
+
+# ---- reading a checkpoint on one process (bigtrain-export, bigtrain-generate) --------------
+
+
+def checkpoint_tokenizer(ckpt: Path, meta: dict):
+    """The tokenizer the run trained with, saved in its checkpoint (sentencepiece or tokenizer.json)."""
+    saved = meta.get("tokenizer", {"file": Tokenizer.saved_name, "eod_token": None})
+    return load_tokenizer(ckpt / "bigtrain" / saved["file"], saved["eod_token"])
+
+
+def load_checkpoint_model(path: str | Path) -> tuple[GPT, object, dict]:
+    """(GPT in eval mode on one process, tokenizer, meta) from a run dir or checkpoint."""
+    ckpt = resolve(path)
+    meta = read_meta(ckpt)
+    cfg = ModelConfig(**meta["model"])
+    model = GPT(cfg, vocab=Vocab.of(meta["vocab_size"], cfg.pad_vocab_multiple))
+    consolidated.load_weights_into_module(model, consolidated.read_tensors(ckpt / "bigtrain"), cfg.n_layers)
+    return model.eval(), checkpoint_tokenizer(ckpt, meta), meta

@@ -5,23 +5,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from bigtrain import faults
 from bigtrain.config.schema import OptimConfig, TrainerConfig
 from bigtrain.data.dataset import Batch, Batches
-from bigtrain.faults import fault_point
-from bigtrain.metrics.comm import CommClock
+from bigtrain.metrics.sinks import Sinks
 from bigtrain.metrics.throughput import Meter
-from bigtrain.optim import lr_at
-from bigtrain.parallel.clipping import GradClipper
+from bigtrain.model.optim import lr_at
+from bigtrain.parallel.engine import Engine, loss_scale
 from bigtrain.parallel.state import Ranks, data_parallel_group
-from bigtrain.train.guard import NonFiniteGuard, SpikeDetector
-
-# (logits (T, B, V/tp), labels (B, T), loss mask (B, T)) -> mean loss
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+from bigtrain.train.callbacks import Callbacks
+from bigtrain.train.checkpoint import Checkpointer
+from bigtrain.train.spikes import SpikeDetector
 
 
 class NonFiniteError(RuntimeError):
@@ -34,38 +30,31 @@ class TrainState:
     consumed_samples: int = 0
 
 
+@dataclass
+class Components:
+    """What the loop works with, built in one place (bigtrain/entry/assemble.py)."""
+
+    engine: Engine
+    train: Batches  # this rank's training micro-batches (prefetched)
+    val: Batches
+    meter: Meter
+    sinks: Sinks | None  # rank 0's
+    checkpointer: Checkpointer
+    callbacks: Callbacks
+
+
 class Trainer:
     def __init__(
-        self,
-        trainer: TrainerConfig,
-        optim: OptimConfig,
-        engine,
-        ranks: Ranks,
-        train: Batches,
-        val: Batches,
-        meter: Meter,
-        sinks,
-        checkpointer,
-        state: TrainState,
-        loss_fn: LossFn,
-        clipper: GradClipper | None = None,
-        guard: NonFiniteGuard | None = None,
-        log=print,
-        min_loss_scale: float | None = None,  # fp16: stop when the loss scale collapses to it
-        comm: CommClock | None = None,  # logging.comm_time: seconds inside collectives
+        self, trainer: TrainerConfig, optim: OptimConfig, ranks: Ranks, parts: Components, state: TrainState, log=print
     ):
-        self.t, self.optim, self.engine, self.ranks = trainer, optim, engine, ranks
-        self.loss_fn = loss_fn  # unpipelined layouts; a pipeline's last stage has its own
-        self.train_batches, self.val_batches, self.meter = train, val, meter
-        self.sinks, self.checkpointer, self.state = sinks, checkpointer, state
-        self.clipper = clipper  # bigtrain's own clipping on the plain path, else DeepSpeed's
+        self.t, self.optim, self.ranks, self.parts, self.state, self.log = trainer, optim, ranks, parts, state, log
+        self.engine = parts.engine.engine
+        self.checkpointer, self.meter, self.callbacks = parts.checkpointer, parts.meter, parts.callbacks
         self.pipelined = ranks.layout.pipeline > 1
         self.last_val: float | None = None
         self.interrupted = False
-        self.guard, self.log, self.min_loss_scale = guard, log, min_loss_scale
         self.spikes = SpikeDetector(trainer.spike_window, trainer.spike_zscore)
         self.skipped_in_a_row = self.skipped_total = 0
-        self.comm = comm
 
     def fit(self) -> None:
         t = self.t
@@ -73,18 +62,12 @@ class Trainer:
             step = self.state.step
             lr = lr_at(step, self.optim, t.max_steps)
             start = time.perf_counter()
-            if self.guard:
-                self.guard.skipped = False
-            faults.TRAIN_STEP[0] = step + 1
-            if self.comm:
-                self.comm.take()
+            self.callbacks.step_start(step + 1)
             loss = self.train_step(step)
-            faults.TRAIN_STEP[0] = None
             seconds = time.perf_counter() - start
-            comm = {}
-            if self.comm:
-                comm_seconds = self.comm.take()
-                comm = {"comm_time": comm_seconds, "comm_share": comm_seconds / seconds}
+            metrics = {"step_seconds": seconds}
+            self.callbacks.step_end(step + 1, metrics)
+            del metrics["step_seconds"]  # logged as the meter's step_time
             self.state.step += 1
             self.state.consumed_samples += t.global_batch_size
             done = self.state.step
@@ -101,16 +84,15 @@ class Trainer:
                     "consumed_samples": self.state.consumed_samples,
                     **events,
                     **self.meter.measure(seconds),
-                    **comm,
+                    **metrics,
                 }
                 if self.engine.fp16_enabled():
                     record["loss_scale"] = loss_scale(self.engine.optimizer)
                 if eval_now:
                     self.last_val = self.evaluate()
                     record.update(val_loss=self.last_val, val_ppl=math.exp(min(self.last_val, 50.0)))
-                if self.sinks:
-                    self.sinks.log(record)
-            fault_point("after_step", done)
+                if self.parts.sinks:
+                    self.parts.sinks.log(record)
             stop = self.checkpointer.should_stop()
             if self.checkpointer.due(done) or stop:
                 self.checkpointer.save(self.engine, self.state)
@@ -123,10 +105,11 @@ class Trainer:
         the events to log with this step. Every rank sees the same loss and norm, so every rank
         decides alike. Raises NonFiniteError when trainer.on_nonfinite says stop."""
         overflow = norm is not None and not math.isfinite(norm)
-        if self.min_loss_scale is not None and getattr(self.engine.optimizer, "overflow", False):
+        min_scale = self.parts.engine.min_loss_scale
+        if min_scale is not None and getattr(self.engine.optimizer, "overflow", False):
             # fp16: DeepSpeed's loss scaler skipped this overflowing step and lowered the scale
             scale = loss_scale(self.engine.optimizer)
-            if scale <= self.min_loss_scale:
+            if scale <= min_scale:
                 raise NonFiniteError(
                     f"step {done}: the fp16 loss scale collapsed to its minimum ({scale:g}, precision.min_loss_scale) "
                     "and gradients still overflow: train in bf16, lower optim.lr, or resume from the last checkpoint"
@@ -144,7 +127,7 @@ class Trainer:
             return {}
         # skipped by bigtrain's guard, or by DeepSpeed's ZeRO optimizer, which skips a step whose
         # gradient norm is not finite by itself (and never calls the guard then)
-        skipped = (self.guard is not None and self.guard.skipped) or getattr(self.engine.optimizer, "overflow", False)
+        skipped = self.parts.engine.guard.skipped or getattr(self.engine.optimizer, "overflow", False)
         self.skipped_in_a_row += 1
         self.skipped_total += 1
         what = (
@@ -170,24 +153,26 @@ class Trainer:
 
     def train_step(self, step: int) -> float:
         """One optimizer step over the global batch; returns the mean loss over it."""
-        if self.pipelined:
-            batches = iter(self.train_batches.step_batches(step))
-            fault_point("kill_mid_step", step + 1)
-            fault_point("hang_mid_step", step + 1)
-            return float(self.engine.train_batch(data_iter=_pipe_inputs(batches)))
+        hooks, n = self.callbacks, step + 1
+        if self.pipelined:  # forward and backward of every micro-batch in one call
+            batches = iter(self.parts.train.step_batches(step))
+            hooks.before_backward(n)
+            loss = float(self.engine.train_batch(data_iter=_pipe_inputs(batches)))
+            hooks.after_backward(n)
+            return loss
         losses = []
-        for batch in self.train_batches.step_batches(step):
+        for batch in self.parts.train.step_batches(step):
             loss = self.forward_loss(batch)
-            fault_point("kill_mid_step", step + 1)
-            fault_point("hang_mid_step", step + 1)
+            hooks.before_backward(n)
             self.engine.backward(loss)
+            hooks.after_backward(n)
             self.engine.step()
             losses.append(loss.detach())
         return self.data_parallel_mean(torch.stack(losses).mean())
 
     def forward_loss(self, batch: Batch) -> torch.Tensor:
         batch = batch.to(self.engine.device)
-        return self.loss_fn(self.engine(batch.tokens), batch.labels, batch.loss_mask)
+        return self.parts.engine.loss_fn(self.engine(batch.tokens), batch.labels, batch.loss_mask)
 
     @torch.no_grad()
     def evaluate(self, batches: int | None = None) -> float:
@@ -197,16 +182,16 @@ class Trainer:
         losses = []
         for i in range(batches or self.t.eval_iters):
             if self.pipelined:
-                micro = iter(self.val_batches.step_batches(i))
+                micro = iter(self.parts.val.step_batches(i))
                 losses.append(self.engine.eval_batch(data_iter=_pipe_inputs(micro)).float())
             else:
-                losses.extend(self.forward_loss(b).float() for b in self.val_batches.step_batches(i))
+                losses.extend(self.forward_loss(b).float() for b in self.parts.val.step_batches(i))
         self.engine.train()
         return self.data_parallel_mean(torch.stack(losses).mean())
 
     def full_split_batches(self) -> int:
         """Whole global batches in one pass over the validation split (a remainder is dropped)."""
-        return max(1, len(self.val_batches.dataset) // self.t.global_batch_size)
+        return max(1, len(self.parts.val.dataset) // self.t.global_batch_size)
 
     def data_parallel_mean(self, value: torch.Tensor) -> float:
         # Nothing to average over one rank; DeepSpeed's pipeline already averaged and broadcast.
@@ -218,16 +203,9 @@ class Trainer:
 
     def grad_norm(self) -> float | None:
         """The pre-clipping gradient norm of the last step."""
-        norm = self.clipper.last_norm if self.clipper else self.engine.get_global_grad_norm()
+        clipper = self.parts.engine.clipper
+        norm = clipper.last_norm if clipper else self.engine.get_global_grad_norm()
         return None if norm is None else float(norm)
-
-
-def loss_scale(optimizer) -> float:
-    """The current dynamic fp16 loss scale, wherever this DeepSpeed optimizer keeps it."""
-    config = getattr(optimizer, "loss_scale_config", None)
-    if config is not None:
-        return float(config.cur_scale)
-    return float(getattr(optimizer, "cur_scale", getattr(optimizer, "loss_scale", float("nan"))))
 
 
 def _pipe_inputs(batches):

@@ -88,21 +88,3 @@ def set_aside(run_dir: Path, ckpt_root: Path) -> Path | None:
     if outside:  # trainer.ckpt_dir elsewhere: it moves beside itself
         ckpt_root.rename(ckpt_root.with_name(f"{ckpt_root.name}.{aside.name}"))
     return aside
-
-
-def nearest_existing(path: Path) -> Path:
-    """`path`, or its nearest ancestor that exists (what a check can look at without creating)."""
-    probe = Path(path).absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return probe
-
-
-def writable_problem(path: Path) -> str | None:
-    """Why files cannot be created under `path` (created if missing), or None."""
-    probe = nearest_existing(path)
-    if not probe.is_dir():
-        return f"{probe} is a file, not a folder"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable (permissions, or a read-only filesystem)"
-    return None

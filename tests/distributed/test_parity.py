@@ -11,7 +11,7 @@ the README). Each layout runs as multi-process gloo on CPU, on the warm workers 
 import pytest
 from omegaconf import OmegaConf
 
-from bigtrain.tools import generate_text
+from bigtrain.train.generate import generate_text
 from tests.distributed.parity import (
     GPT,
     GPT_UNTIED,

@@ -22,7 +22,7 @@ def _worker(rank: int, port: int, queue) -> None:
         MASTER_PORT=str(port),
         OMP_NUM_THREADS="1",
     )
-    from bigtrain.process import setup_process  # noqa: PLC0415
+    from bigtrain.entry.process import setup_process  # noqa: PLC0415
 
     setup_process()  # a fresh spawned interpreter: set up before DeepSpeed and megatron-core load
     from bigtrain.config import ParallelConfig  # noqa: PLC0415

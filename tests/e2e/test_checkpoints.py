@@ -12,8 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bigtrain.config import ModelConfig
 from bigtrain.model.hf import from_hf, load_hf_folder, to_hf
-from bigtrain.tools import load_checkpoint_model
-from bigtrain.train.checkpoint import read_meta, resolve
+from bigtrain.train.checkpoint import load_checkpoint_model, read_meta, resolve
 from tests.distributed.parity import COMMON, GPT, LLAMA, run_layout_raw
 from tests.helpers import pool
 from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics

@@ -16,7 +16,7 @@ highest peak counts. An under-prediction fails at once: another run could only r
 
 import pytest
 
-from bigtrain.plan import GB
+from bigtrain.parallel.plan import GB
 from tests.helpers.plan_memory import compare
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed, pytest.mark.slow]

@@ -55,10 +55,11 @@ def launch_and_kill(cmd, run, target: int, log) -> int:
 
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_killed_at_random_steps_ends_bitwise_equal(layout, corpus, cache_dir, tmp_path):
-    seed = random.randrange(1 << 30)
+def test_killed_at_random_steps_ends_bitwise_equal(layout, corpus, cache_dir, tmp_path, request):
+    seed = request.config.getoption("--kill-seed")
+    seed = random.randrange(1 << 30) if seed is None else seed
     kills = sorted(random.Random(seed).sample(range(2, STEPS - 1), KILLS))
-    context = f"layout {layout}, kill steps {kills} (seed {seed})"
+    context = f"layout {layout}, kill steps {kills} (seed {seed}: replay with --kill-seed {seed})"
     whole = subprocess.run(command(layout, tmp_path / "whole", corpus), cwd=ROOT, capture_output=True, text=True)
     assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
 

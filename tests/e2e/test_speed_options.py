@@ -65,7 +65,7 @@ def test_compiled_trains_like_eager(ranks, extra, rel, corpus, cache_dir, tmp_pa
 
 
 def test_threads_and_pinned_cores_per_rank():
-    code = "import os; from bigtrain.process import set_threads; print(set_threads(None, True)); "
+    code = "import os; from bigtrain.entry.process import set_threads; print(set_threads(None, True)); "
     code += "print(sorted(os.sched_getaffinity(0)))"
     cores = sorted(os.sched_getaffinity(0))
     share = max(1, len(cores) // 2)
@@ -81,7 +81,7 @@ def test_threads_and_pinned_cores_per_rank():
         [
             PYTHON,
             "-c",
-            "import torch; from bigtrain.process import set_threads; set_threads(1, False); "
+            "import torch; from bigtrain.entry.process import set_threads; set_threads(1, False); "
             "print(torch.get_num_threads())",
         ],
         capture_output=True,

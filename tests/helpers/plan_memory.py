@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from bigtrain.config.hydra import compose
-from bigtrain.plan import CPU_OVERHEAD_GB, Cluster, Plan, plan
+from bigtrain.parallel.plan import CPU_OVERHEAD_GB, Cluster, Plan, plan
 from tests.helpers.launch import PYTHON, ROOT, deepspeed_command, launch, read_metrics
 
 RUN = [

@@ -7,7 +7,7 @@ session (tests/helpers/pool_worker.py), which run bigtrain's own entry point wit
 environment the deepspeed launcher gives, one job after another, and returns what `launch()`
 returns: a CompletedProcess with the ranks' stdout and stderr joined in rank order and the first
 non-zero exit status. A job that leaves state behind in a worker (a process group, a signal
-handler, a thread, patched collectives) fails its test: `bigtrain.run.run` is re-entrant. Tests of
+handler, a thread, patched collectives) fails its test: `bigtrain.entry.run.run` is re-entrant. Tests of
 the launchers themselves, of kills and of hung ranks keep the real launchers (tests/e2e/).
 """
 

@@ -3,7 +3,7 @@
 Started as `python -m tests.helpers.pool_worker` from the repository root with RANK, WORLD_SIZE,
 LOCAL_RANK, LOCAL_SIZE and MASTER_ADDR set, as the deepspeed launcher sets them. Each job is one
 JSON line on stdin: the command line's overrides, the environment, the port and where to write
-this rank's output. The worker runs bigtrain's own entry point (`bigtrain.cli.pretrain`, what
+this rank's output. The worker runs bigtrain's own entry point (`bigtrain.entry.cli.pretrain`, what
 launch/pretrain.py calls, Hydra included) with that argv and environment, its stdout and stderr
 going to the job's files, and answers one JSON line on its original stdout: the exit status, and
 what the job left behind in the process (which a re-entrant run leaves nothing of).
@@ -19,7 +19,7 @@ import sys
 import threading
 import traceback
 
-from bigtrain.process import setup_process
+from bigtrain.entry.process import setup_process
 
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR")
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
@@ -33,8 +33,8 @@ def main() -> None:
     from deepspeed.accelerator import get_accelerator  # noqa: PLC0415
     from hydra.core.global_hydra import GlobalHydra  # noqa: PLC0415
 
-    from bigtrain import cli  # noqa: PLC0415
-    from bigtrain import run as _run  # noqa: F401, PLC0415  (imported once here, not in the first job)
+    from bigtrain.entry import cli  # noqa: PLC0415
+    from bigtrain.entry import run as _run  # noqa: F401, PLC0415  (imported once here, not in the first job)
 
     accelerator = get_accelerator()
     fp16_supported = accelerator.is_fp16_supported

@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 
-from bigtrain.cli import split_local_rank
-from bigtrain.process import (
+from bigtrain.entry.cli import split_local_rank
+from bigtrain.entry.process import (
     LIBRARY_LOGGERS,
     _prefixed_excepthook,
     set_verbosity,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bigtrain.launcher import Launch, LaunchError, detect, expand_hostlist, export
+from bigtrain.entry.launcher import Launch, LaunchError, detect, expand_hostlist, export
 
 TORCHRUN = {"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"}
 SRUN = {

@@ -7,7 +7,7 @@ import torch
 
 from bigtrain.metrics import peak as peaks
 from bigtrain.metrics.throughput import Meter
-from bigtrain.train.guard import SpikeDetector
+from bigtrain.train.spikes import SpikeDetector
 
 
 @pytest.fixture

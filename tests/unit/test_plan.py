@@ -1,4 +1,4 @@
-"""The planner (bigtrain/plan.py): its parameter counts against the model it plans for, its
+"""The planner (bigtrain/parallel/plan.py): its parameter counts against the model it plans for, its
 model-state memory against DeepSpeed's own estimators, and its list of layouts."""
 
 import dataclasses
@@ -10,7 +10,7 @@ from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem
 from bigtrain.config.hydra import compose
 from bigtrain.model.gpt import GPT
 from bigtrain.model.layers import TensorParallel, Vocab
-from bigtrain.plan import Cluster, candidates, model_state_bytes, plan, stage_parameters
+from bigtrain.parallel.plan import Cluster, candidates, model_state_bytes, plan, stage_parameters
 
 SIZES = {  # preset -> vocabulary (GPT-2's tokenizer padded to 64, Llama's)
     "gpt2_124m": 50304,

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from bigtrain.config import OptimConfig
-from bigtrain.optim import lr_at
+from bigtrain.model.optim import lr_at
 
 
 def test_warmup_cosine_min_lr_values():
@@ -34,7 +34,7 @@ def test_adamw_implementations_give_the_same_update(implementation):
 
     from bigtrain.config.schema import ModelConfig  # noqa: PLC0415
     from bigtrain.model.gpt import GPT, lm_loss  # noqa: PLC0415
-    from bigtrain.optim import build_optimizer  # noqa: PLC0415
+    from bigtrain.model.optim import build_optimizer  # noqa: PLC0415
 
     def trained(impl: str):
         model = GPT(ModelConfig(n_layers=2, d_model=64, seq_len=16, vocab_size=50), seed=3)

@@ -1,4 +1,4 @@
-"""Non-finite numbers and loss spikes.
+"""Non-finite gradients: the update of a step that has them is skipped on every rank.
 
 `NonFiniteGuard` runs as a step pre-hook of the optimizer DeepSpeed steps (the client optimizer,
 also inside ZeRO and bf16 wrappers, which hand it the fp32 master gradients): if any gradient on
@@ -7,16 +7,11 @@ global norm), every rank drops its gradients, so the optimizer leaves weights an
 moments as they were. Ranks agree with one all-reduce, so pipeline stages, tensor-parallel and
 data-parallel ranks skip the same step. fp16 runs never reach it on an overflow: DeepSpeed's loss
 scaler skips those steps first.
-
-`SpikeDetector` flags a loss whose robust z-score (distance from the median of the last `window`
-losses, in units of their scaled median absolute deviation) exceeds `threshold`.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-from collections import deque
 
 import torch
 
@@ -30,6 +25,10 @@ class NonFiniteGuard:
         # whole model's gradient norm, the same on every rank: no second pass, no second reduction.
         self.clipper = clipper
         self.skipped = False  # the last optimizer step was skipped
+
+    def step_start(self, step: int) -> None:
+        """A step callback (bigtrain/train/callbacks.py): a new step has skipped nothing yet."""
+        self.skipped = False
 
     def __call__(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
@@ -50,23 +49,3 @@ class NonFiniteGuard:
         if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         return bool(bad.item())
-
-
-class SpikeDetector:
-    def __init__(self, window: int, threshold: float):
-        self.losses: deque[float] = deque(maxlen=window)
-        self.threshold = threshold
-
-    def zscore(self, loss: float) -> float | None:
-        """The robust z-score of `loss` against the window so far (None until it holds 8 losses);
-        the loss then joins the window."""
-        score = None
-        if len(self.losses) >= 8:
-            median = statistics.median(self.losses)
-            mad = statistics.median(abs(x - median) for x in self.losses) * 1.4826
-            score = (loss - median) / max(mad, 1e-8 * max(abs(median), 1.0))
-        self.losses.append(loss)
-        return score
-
-    def is_spike(self, score: float | None) -> bool:
-        return score is not None and score > self.threshold

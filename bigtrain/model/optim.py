@@ -1,6 +1,6 @@
 """The optimizer and its learning-rate schedule: AdamW with decay groups, linear warmup, cosine
-decay to min_lr, then constant (nanoGPT's schedule). Below `bigtrain.parallel`, which hands both
-to DeepSpeed, and beside `bigtrain.model`."""
+decay to min_lr, then constant (nanoGPT's schedule). With the model it sets up, below
+`bigtrain.parallel`, which hands both to DeepSpeed."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Console scripts: `bigtrain-pretrain`, `bigtrain-prepare`, `bigtrain-export`, `bigtrain-generate`.
 
-Each sets up the process first (`bigtrain.process`), then imports what it runs: DeepSpeed and
+Each sets up the process first (`bigtrain.entry.process`), then imports what it runs: DeepSpeed and
 megatron-core read the environment and emit warnings when they are imported, so the heavy imports
 below are local on purpose. `launch/*.py` in a checkout call the same functions.
 """
@@ -15,7 +15,6 @@ import hydra
 import yaml
 from hydra.core.hydra_config import HydraConfig
 
-from bigtrain import launcher
 from bigtrain.config.hydra import (  # light: no DeepSpeed, megatron, torch
     CONF_PACKAGE,
     check_overrides,
@@ -23,7 +22,8 @@ from bigtrain.config.hydra import (  # light: no DeepSpeed, megatron, torch
     to_config,
 )
 from bigtrain.config.schema import ConfigError
-from bigtrain.process import setup_process, wants_verbose
+from bigtrain.entry import launcher
+from bigtrain.entry.process import setup_process, wants_verbose
 
 
 def split_local_rank(argv: list[str]) -> tuple[list[str], str | None]:
@@ -53,7 +53,7 @@ def pretrain() -> None:
             print(f"bigtrain: error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
     setup_process(local_rank, verbose=wants_verbose(sys.argv))
-    from bigtrain.run import main  # noqa: PLC0415  (after setup_process, see the module docstring)
+    from bigtrain.entry.run import main  # noqa: PLC0415  (after setup_process, see the module docstring)
 
     @hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base=None)
     def _pretrain(tree) -> None:
@@ -65,11 +65,11 @@ def pretrain() -> None:
 def plan() -> None:
     """`bigtrain-plan model=… cluster.nodes=N cluster.gpus_per_node=G cluster.gpu_memory_gb=M`:
     predicted memory per rank and step time for every layout of the cluster, ranked (see
-    bigtrain/plan.py). Other overrides are the training command's; `cluster.*` keys are
-    bigtrain.plan.Cluster's fields."""
+    bigtrain/parallel/plan.py). Other overrides are the training command's; `cluster.*` keys are
+    bigtrain.parallel.plan.Cluster's fields."""
     from bigtrain.config.hydra import compose  # noqa: PLC0415
     from bigtrain.config.schema import ConfigError, from_dict  # noqa: PLC0415
-    from bigtrain.plan import Cluster, candidates, planning_vocab, report, tokens_per_second  # noqa: PLC0415
+    from bigtrain.parallel.plan import Cluster, candidates, planning_vocab, report, tokens_per_second  # noqa: PLC0415
 
     args = sys.argv[1:]
     machine = {a.split("=", 1)[0][len("cluster.") :]: a.split("=", 1)[1] for a in args if a.startswith("cluster.")}
@@ -136,8 +136,8 @@ def export(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_process()
     from bigtrain.model.hf import ExportError  # noqa: PLC0415  (after setup_process)
-    from bigtrain.tools import export_hf  # noqa: PLC0415
     from bigtrain.train.checkpoint import CheckpointError  # noqa: PLC0415
+    from bigtrain.train.export import export_hf  # noqa: PLC0415
 
     try:
         print(f"wrote {export_hf(args.checkpoint, args.out)} to {args.out}")
@@ -159,8 +159,8 @@ def generate(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     setup_process()
-    from bigtrain.tools import generate_text  # noqa: PLC0415  (after setup_process)
     from bigtrain.train.checkpoint import CheckpointError  # noqa: PLC0415
+    from bigtrain.train.generate import generate_text  # noqa: PLC0415  (after setup_process)
 
     try:
         print(

@@ -1,6 +1,5 @@
-"""Checkpoint tools behind `bigtrain-export` and `bigtrain-generate`; they work from any layout
-because they read the consolidated (unsharded) copy every checkpoint carries, and they need no
-process group: the model is built on one process."""
+"""Hugging Face export behind `bigtrain-export`: from any layout's checkpoint (its consolidated,
+unsharded copy), on one process with no process group."""
 
 from __future__ import annotations
 
@@ -8,33 +7,13 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
 from bigtrain.config.schema import ModelConfig
-from bigtrain.data.tokenizer import Tokenizer, load_tokenizer
-from bigtrain.model.gpt import GPT
+from bigtrain.data.tokenizer import Tokenizer
 from bigtrain.model.hf import to_hf
-from bigtrain.model.layers import Vocab
-from bigtrain.train.checkpoint import read_meta, resolve
-from bigtrain.train.consolidated import load_weights_into_module, read_tensors
-from bigtrain.train.sample import generate, last_logits
-
-
-def checkpoint_tokenizer(ckpt: Path, meta: dict):
-    """The tokenizer the run trained with, saved in its checkpoint (sentencepiece or tokenizer.json)."""
-    saved = meta.get("tokenizer", {"file": Tokenizer.saved_name, "eod_token": None})
-    return load_tokenizer(ckpt / "bigtrain" / saved["file"], saved["eod_token"])
-
-
-def load_checkpoint_model(path: str | Path) -> tuple[GPT, object, dict]:
-    """(GPT in eval mode on one process, tokenizer, meta) from a run dir or checkpoint."""
-    ckpt = resolve(path)
-    meta = read_meta(ckpt)
-    cfg = ModelConfig(**meta["model"])
-    model = GPT(cfg, vocab=Vocab.of(meta["vocab_size"], cfg.pad_vocab_multiple))
-    load_weights_into_module(model, read_tensors(ckpt / "bigtrain"), cfg.n_layers)
-    return model.eval(), checkpoint_tokenizer(ckpt, meta), meta
+from bigtrain.train.checkpoint import checkpoint_tokenizer, read_meta, resolve
+from bigtrain.train.consolidated import read_tensors
 
 
 def export_hf(path: str | Path, out: str | Path) -> str:
@@ -75,13 +54,3 @@ def _tokenizer_config(tokenizer, meta: dict) -> dict:
         "eos_token": tokenizer.eod_token,
         **common,
     }
-
-
-@torch.no_grad()
-def generate_text(
-    path: str | Path, prompt: str, max_tokens: int, temperature: float, top_k: int, top_p: float, seed: int
-) -> str:
-    model, tokenizer, meta = load_checkpoint_model(path)
-    ids = tokenizer.encode(prompt) if prompt else [tokenizer.eod]
-    out = generate(last_logits(model), ids, max_tokens, meta["model"]["seq_len"], temperature, top_k, top_p, seed)
-    return prompt + tokenizer.decode(out)
