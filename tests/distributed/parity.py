@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.helpers import pool
+from tests.helpers import bank, pool
 from tests.helpers.launch import read_metrics
 
 STEPS = 20
@@ -67,19 +67,17 @@ def run_layout_raw(
     return pool.run(ranks, args, timeout=timeout, env=env)
 
 
-def run_layout(
-    corpus: Path, out: Path, ranks: int, overrides: list[str], timeout: int = 600
-) -> tuple[list[dict], dict]:
-    """Train STEPS steps with `ranks` processes; return metrics.jsonl rows and summary.json."""
-    run_dir = out / "run"
-    proc = run_layout_raw(corpus, out, ranks, overrides, timeout)
+def run_layout(corpus: Path, tmp_path_factory, ranks: int, overrides: list[str]) -> tuple[list[dict], dict, Path]:
+    """Train STEPS steps with `ranks` processes, or take the run bank's copy of the same run
+    (tests/helpers/bank.py); return metrics.jsonl rows, summary.json and the run directory."""
+    run_dir, proc = bank.trained(ranks, [f"data.path={corpus}", *COMMON, *overrides], tmp_path_factory)
     rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []
     if proc.returncode != 0 or len(rows) != STEPS:
         raise AssertionError(
             f"{overrides} with {ranks} ranks wrote {len(rows)} of {STEPS} steps "
             f"(exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
         )
-    return rows, json.loads((run_dir / "summary.json").read_text())
+    return rows, json.loads((run_dir / "summary.json").read_text()), run_dir
 
 
 def worst_relative_difference(a: list[dict], b: list[dict], key: str = "loss") -> float:

@@ -59,9 +59,7 @@ def params(cases):
 
 def train(layout, family, precision, tmp_path_factory, corpus):
     ranks, overrides = LAYOUTS[layout]
-    out = tmp_path_factory.mktemp(f"{layout}-{family}-{precision}")
-    rows, summary = run_layout(corpus, out, ranks, [*FAMILIES[family], *overrides, f"precision={precision}"])
-    return rows, summary, out / "run"
+    return run_layout(corpus, tmp_path_factory, ranks, [*FAMILIES[family], *overrides, f"precision={precision}"])
 
 
 def reference(family, precision, tmp_path_factory, corpus):

@@ -9,17 +9,18 @@ Both run on DeepSpeed's ZeRO-1 optimizers (see bigtrain/config/deepspeed.py).
 import pytest
 
 from tests.distributed.parity import COMMON, GPT, LAYOUTS, STEPS, worst_relative_difference
-from tests.helpers import pool
+from tests.helpers import bank
 from tests.helpers.launch import read_metrics
 
 pytestmark = pytest.mark.pool
 TOLERANCE = {"bf16": 2e-3, "fp16": 1e-3}
 
 
-def run_single(corpus, run_dir, precision_overrides, fp16_on_cpu=False):
-    """One process (a warm pool worker); `fp16_on_cpu`: as tests/helpers/fp16_on_cpu.py runs it."""
-    args = [f"data.path={corpus}", f"hydra.run.dir={run_dir}", *COMMON, *GPT, *LAYOUTS["single"][1]]
-    proc = pool.run(1, [*args, *precision_overrides], fp16_on_cpu=fp16_on_cpu)
+def run_single(corpus, tmp_path_factory, precision_overrides, fp16_on_cpu=False):
+    """One process, from the run bank (fp32 and bf16 are parity's one-process references);
+    `fp16_on_cpu`: as tests/helpers/fp16_on_cpu.py runs it."""
+    args = [f"data.path={corpus}", *COMMON, *GPT, *LAYOUTS["single"][1], *precision_overrides]
+    run_dir, proc = bank.trained(1, args, tmp_path_factory, fp16_on_cpu=fp16_on_cpu)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = read_metrics(run_dir)
     assert len(rows) == STEPS
@@ -28,19 +29,20 @@ def run_single(corpus, run_dir, precision_overrides, fp16_on_cpu=False):
 
 @pytest.fixture(scope="module")
 def fp32(corpus, cache_dir, tmp_path_factory):
-    return run_single(corpus, tmp_path_factory.mktemp("fp32"), ["precision=fp32"])
+    return run_single(corpus, tmp_path_factory, ["precision=fp32"])
 
 
-def test_bf16_close_to_fp32(fp32, corpus, tmp_path):
-    rows = run_single(corpus, tmp_path, ["precision=bf16"])
+def test_bf16_close_to_fp32(fp32, corpus, tmp_path_factory):
+    rows = run_single(corpus, tmp_path_factory, ["precision=bf16"])
     worst = worst_relative_difference(rows, fp32)
     print(f"\nbf16 vs fp32: worst relative loss difference {worst:.2e}")
     assert 0 < worst < TOLERANCE["bf16"]  # > 0: it really computed in bf16
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.4
 
 
-def test_fp16_dynamic_loss_scaling(fp32, corpus, tmp_path):
-    rows = run_single(corpus, tmp_path, ["precision=fp16", "precision.initial_scale_power=16"], fp16_on_cpu=True)
+def test_fp16_dynamic_loss_scaling(fp32, corpus, tmp_path_factory):
+    fp16 = ["precision=fp16", "precision.initial_scale_power=16"]
+    rows = run_single(corpus, tmp_path_factory, fp16, fp16_on_cpu=True)
     worst = worst_relative_difference(rows, fp32)
     print(f"\nfp16 vs fp32: worst relative loss difference {worst:.2e}")
     assert worst < TOLERANCE["fp16"]
@@ -49,12 +51,12 @@ def test_fp16_dynamic_loss_scaling(fp32, corpus, tmp_path):
     assert rows[-1]["loss"] < rows[0]["loss"] - 0.4
 
 
-def test_fp16_scale_shrinks_on_overflow_without_hysteresis(corpus, tmp_path):
+def test_fp16_scale_shrinks_on_overflow_without_hysteresis(corpus, tmp_path_factory):
     # A huge initial scale overflows at once; with hysteresis 1 every overflow halves it and the
     # step is skipped, until the scale is small enough to train.
     rows = run_single(
         corpus,
-        tmp_path,
+        tmp_path_factory,
         ["precision=fp16", "precision.initial_scale_power=24", "precision.hysteresis=1"],
         fp16_on_cpu=True,
     )

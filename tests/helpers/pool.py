@@ -13,9 +13,11 @@ the launchers themselves, of kills and of hung ranks keep the real launchers (te
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import select
+import signal
 import subprocess
 import tempfile
 import time
@@ -54,6 +56,7 @@ class _Pool:
                     stdout=subprocess.PIPE,
                     stderr=open(self.logs / f"worker{rank}.log", "w"),
                     text=True,
+                    preexec_fn=_die_with_parent,
                 )
             )
         self.ready = False
@@ -122,6 +125,15 @@ class _Pool:
             worker.stdin.close()
             worker.stdout.close()
         _POOLS.pop(self.world, None)
+
+
+def _die_with_parent() -> None:
+    """A worker gets SIGKILL when the test session's process ends, however it ends (Linux's
+    PR_SET_PDEATHSIG): a killed session leaves no worker waiting in a collective."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except OSError:  # not Linux: close_all() at the session's end still ends them
+        pass
 
 
 def run(ranks: int, args: list[str], timeout: float = 600, env: dict | None = None, fp16_on_cpu: bool = False):
