@@ -18,23 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import deepspeed
-import megatron.core
-import torch
+from report import command, deepspeed_command, header, launch, machine, write  # beside this file
 from safetensors import safe_open
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bigtrain.metrics.peak import _cpu_name  # noqa: E402
-from tests.helpers.launch import deepspeed_command  # noqa: E402
 
 
 def folder_bytes(path: Path) -> int:
@@ -69,9 +58,7 @@ def run(model: str, workdir: Path) -> dict:
         "logging.tensorboard=false",
     ]
     started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{model}: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    launch(cmd, timeout=7200)
     ckpt = workdir / model / "checkpoints" / "step_00000002"
     meta = json.loads((ckpt / "bigtrain" / "meta.json").read_text())
     copy = sum(f.stat().st_size for f in (ckpt / "bigtrain").glob("*.safetensors"))
@@ -99,22 +86,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ckpt-bench"))
     args = parser.parse_args()
     results = [run(m, args.workdir) for m in args.models]
-    out = {
-        "command": "python benchmarks/checkpoint_save.py " + " ".join(sys.argv[1:]),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
-        "versions": {
-            "torch": torch.__version__,
-            "deepspeed": deepspeed.__version__,
-            "megatron-core": megatron.core.__version__,
-        },
-        "results": results,
-    }
-    dest = ROOT / "benchmarks" / "results"
-    (dest / "checkpoint_save.json").write_text(json.dumps(out, indent=1) + "\n")
+    out = {"command": command(), **machine(), "results": results}
     gb = 1e9
-    lines = [
-        f"`{out['command']}` — {out['machine']}; " + ", ".join(f"{k} {v}" for k, v in out["versions"].items()),
-        "",
+    lines = header(out) + [
         "| model | params | save (s) | of which the copy (s) | checkpoint (GB) | native (GB) | copy (GB) "
         "| largest tensor (MB) | held per rank, streaming (MB) | held per rank before (GB) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -127,8 +101,7 @@ def main() -> None:
             f"| {r['checkpoint_bytes'] / gb:.2f} | {r['native_bytes'] / gb:.2f} | {r['consolidated_bytes'] / gb:.2f} "
             f"| {r['largest_tensor_bytes'] / 1e6:.1f} | {held} | {r['before_streaming_bytes_per_rank'] / gb:.2f} |"
         )
-    (dest / "checkpoint_save.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write("checkpoint_save", out, lines)
 
 
 if __name__ == "__main__":

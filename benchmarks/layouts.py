@@ -10,7 +10,7 @@ batch per data-parallel rank, no accumulation, except pipelines: 4 micro-batches
 is the median over steps after the first five (start-up and compilation excluded); TFLOP/s and MFU
 are per rank, against each rank's peak; peak memory is each rank's peak resident set (CPU) or
 allocated memory (GPU). A case the config refuses (compile under TP, say) is recorded with
-bigtrain's one-line reason. `benchmarks/bare_loop.py` trains each model × precision in one process
+bigtrain's one-line reason. `benchmarks/bare.py`'s loop trains each model × precision in this process
 at the same batch: "vs bare" is a case's total tokens/s over it. Communication's share of a
 step is rank 0's time inside collectives over its step time (`logging.comm_time`: measured over
 gloo, waiting for the slowest rank included; not over NCCL). Writes
@@ -23,20 +23,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-
-from bigtrain.parallel.state import free_port
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from speed import run_bare, shape_overrides, versions  # noqa: E402  (beside this file)
+from bare import measure, shape_overrides  # beside this file, as report.py
+from report import ROOT, command, deepspeed_command, machine, write
 
 GLOBAL_BATCH = 16
 MODELS = {  # name: bare_loop's shape (bigtrain gets the same: no biases, GELU, tied head)
@@ -61,8 +55,8 @@ def run(case: dict, args, workdir: Path) -> dict:
     ranks, overrides, own_micro = LAYOUTS[case["layout"]]
     micro = case["micro_batch"] or own_micro
     run_dir = workdir / "-".join(str(v) for v in case.values())
-    cmd = [shutil.which("deepspeed"), "--num_gpus", str(ranks), "--master_port", str(free_port())]
-    cmd += ["launch/pretrain.py", "model=tiny", "model.bias=false", *shape_overrides(MODELS[case["model"]]), *overrides]
+    cmd = [*deepspeed_command(ranks), "model=tiny", "model.bias=false", *shape_overrides(MODELS[case["model"]])]
+    cmd += overrides
     cmd += [f"data.path={args.data_path}", "data=shakespeare_char", f"trainer.max_steps={args.steps}"]
     cmd += [f"trainer.global_batch_size={GLOBAL_BATCH}", f"trainer.micro_batch_size={micro}"]
     cmd += [f"precision={case['precision']}", f"trainer.compile={str(case['compile']).lower()}"]
@@ -188,8 +182,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model, precision in itertools.product(args.models, args.precisions):
             if precision != "fp16":  # the bare loop autocasts to bf16 only
-                shape = {**MODELS[model], "batch": GLOBAL_BATCH, "steps": args.steps}
-                bare[f"{model} {precision}"] = run_bare(shape, precision, args.data_path)
+                shape = {**MODELS[model], "batch": GLOBAL_BATCH}
+                bare[f"{model} {precision}"] = measure(args.data_path, shape, precision, args.steps, warmup=10)
                 print(f"bare {model} {precision}: {bare[f'{model} {precision}']['tokens_per_sec']:,.0f} tok/s")
         for model, layout, precision, micro, compiled in itertools.product(*axes):
             case = {"model": model, "layout": layout, "precision": precision, "micro_batch": micro}
@@ -199,13 +193,10 @@ def main() -> None:
                 result["vs_bare"] = result["tokens_per_sec"] / baseline["tokens_per_sec"]
             print(json.dumps(result), flush=True)
             results.append(result)
-    report = {"command": "python " + " ".join(sys.argv), **versions(), "steps": args.steps}
+    report = {"command": command(), **machine(), "steps": args.steps}
     report |= {"global_batch": GLOBAL_BATCH, "micro_batches": args.micro_batches, "bare": bare, "results": results}
-    out = ROOT / "benchmarks" / "results" / (args.name or f"layouts_{device_name()}")
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    out = write(args.name or f"layouts_{device_name()}", report, markdown(report).rstrip("\n").splitlines())
     plot(report, out.with_suffix(".png"))
-    print(markdown(report))
 
 
 if __name__ == "__main__":

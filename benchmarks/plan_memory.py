@@ -7,7 +7,7 @@ gpt2_124m's shape (model states dominate; sequence 128, micro-batch 1, global ba
 character vocabulary) trains 3 fp32 steps through the real launcher per layout. Rank 0's peak
 resident memory before the final checkpoint (metrics.jsonl's mem_gb, the process's ru_maxrss) is
 compared with the planner's prediction for that rank (`bigtrain/parallel/plan.py`, CPU fixed overhead).
-`tests/e2e/test_plan_memory.py` runs the same comparison on the layouts within 10%.
+`tests/e2e/test_plan_memory.py` runs the same comparison (`compare`, here) on the layouts within 10%.
 Writes benchmarks/results/plan_memory.{json,md}.
 
     python benchmarks/plan_memory.py --data-path ../shared/data/tinyshakespeare.txt --layouts pp2 --repeat 10
@@ -21,16 +21,53 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from report import PYTHON, RESULTS, command, deepspeed_command, launch, read_metrics  # beside this file
 
-from bigtrain.parallel.plan import GB  # noqa: E402
-from tests.helpers.plan_memory import LAYOUTS, RUN, compare  # noqa: E402
+from bigtrain.config.hydra import compose
+from bigtrain.parallel.plan import CPU_OVERHEAD_GB, GB, Cluster, Plan, plan
+
+RUN = [
+    "model=gpt2_124m",
+    "model.seq_len=128",
+    "data=shakespeare_char",
+    "trainer.micro_batch_size=1",
+    "trainer.global_batch_size=2",
+    "trainer.max_steps=3",
+    "trainer.eval_interval=1000",
+    "trainer.eval_iters=1",
+    "trainer.sample_tokens=0",
+    "logging.progress_bar=false",
+    "logging.tensorboard=false",
+]
+LAYOUTS = {  # name -> (ranks, overrides)
+    "single": (1, ["parallel=single"]),
+    "zero1_dp2": (2, ["parallel=zero1"]),
+    "zero2_dp2": (2, ["parallel=zero2"]),
+    "zero3_dp2": (2, ["parallel=zero3"]),
+    "tp2": (2, ["parallel=tp2"]),
+    "pp2": (2, ["parallel=pp2"]),
+    "tp2_dp2_zero1": (4, ["parallel=tp2", "parallel.zero_stage=1"]),
+}
+
+
+def compare(name: str, corpus: Path, root: Path) -> tuple[float, Plan]:
+    """Train layout `name` under `root`; (rank 0's measured peak bytes, the planner's Plan)."""
+    ranks, overrides = LAYOUTS[name]
+    args = [*RUN, *overrides, f"data.path={corpus}", f"run.root={root}", "run.name=plan"]
+    cmd = [PYTHON, "launch/pretrain.py"] if ranks == 1 else deepspeed_command(ranks)
+    proc = launch([*cmd, *args], timeout=600)
+    measured = read_metrics(root / "plan")[-1]["mem_gb"] * 2**30  # ru_maxrss, in bytes
+    vocab = int(next(line for line in proc.stdout.splitlines() if "vocab " in line).split("vocab ")[1].split(";")[0])
+    cfg = compose([a for a in args if not a.startswith("run.")])
+    cluster = Cluster(nodes=1, gpus_per_node=ranks, gpu_memory_gb=1000, overhead_gb=CPU_OVERHEAD_GB)
+    shutil.rmtree(root / "plan" / "checkpoints", ignore_errors=True)
+    return measured, plan(cfg, cluster, vocab=vocab)
 
 
 def main() -> None:
@@ -71,10 +108,9 @@ def measure(args) -> list[dict]:
 
 
 def write(rows: list[dict], repeat: int, busy_core: bool) -> None:
-    command = "python benchmarks/plan_memory.py " + " ".join(sys.argv[1:])
-    out = ROOT / "benchmarks" / "results"
+    out = RESULTS
     stem = "plan_memory" if repeat == 1 else "plan_memory_repeat" + ("_busy" if busy_core else "")
-    (out / f"{stem}.json").write_text(json.dumps({"command": command, "run": RUN, "results": rows}, indent=1) + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"command": command(), "run": RUN, "results": rows}, indent=1) + "\n")
     if repeat == 1:
         lines = ["| layout | measured GB | predicted GB | predicted / measured |", "|---|---|---|---|"]
         lines += [f"| {r['layout']} | {r['measured_gb']} | {r['predicted_gb']} | {r['ratio']:.2f}× |" for r in rows]
@@ -86,7 +122,7 @@ def write(rows: list[dict], repeat: int, busy_core: bool) -> None:
             each = ", ".join(map(str, r["measured_gb"]))
             ratios = f"{pred / high:.2f}× - {pred / low:.2f}×"
             lines.append(f"| {r['layout']} | {len(r['measured_gb'])} | {each} | {low} - {high} | {pred} | {ratios} |")
-    (out / f"{stem}.md").write_text("\n".join([f"`{command}`", "", *lines]) + "\n")
+    (out / f"{stem}.md").write_text("\n".join([f"`{command()}`", "", *lines]) + "\n")
     print("\n".join(lines))
 
 

@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 
 import psutil
-
-ROOT = Path(__file__).resolve().parents[1]
+from report import ROOT, command, write  # beside this file
 
 
 def make_corpus(path: Path, megabytes: int) -> int:
@@ -137,13 +136,9 @@ def main() -> None:
         for ext in (".bin", ".idx"):
             out.with_name(out.name + ext).unlink()
     speedup = results[0]["wall_s"] / results[1]["wall_s"]
-    command = "python " + " ".join(sys.argv)
-    dest = ROOT / "benchmarks" / "results" / "prepare_throughput"
-    dest.with_suffix(".json").write_text(
-        json.dumps({"command": command, "results": results, "speedup_2_over_1": round(speedup, 2)}, indent=1)
-    )
+    report = {"command": command(), "results": results, "speedup_2_over_1": round(speedup, 2)}
     lines = [
-        f"`{command}` (sentencepiece BPE 32000, jsonl from the stdlib sources; wall time includes start-up)",
+        f"`{report['command']}` (sentencepiece BPE 32000, jsonl from the stdlib sources; wall time includes start-up)",
         "",
         "| corpus MB | workers | wall s | MB/s | tokens/s | peak RSS MB (whole tree) |",
         "|---|---|---|---|---|---|",
@@ -154,8 +149,7 @@ def main() -> None:
         for r in results
     ]
     lines += ["", f"2 workers / 1 worker: {speedup:.2f}×"]
-    dest.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write("prepare_throughput", report, lines)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from report import ROOT, command, write  # beside this file
 
 POSITIONS = ("rope", "learned")
 
@@ -91,9 +90,8 @@ def main() -> None:
         for seed in args.seeds:
             refs.append(reference_run(args.data_path, seed, position))
             print("reference", json.dumps(refs[-1]), flush=True)
-    command = "python " + " ".join(sys.argv)
     result = {
-        "command": command,
+        "command": command(),
         "bigtrain": runs,
         "reference": refs,
         "bigtrain_mean": {
@@ -105,10 +103,8 @@ def main() -> None:
         if refs
         else {},
     }
-    out = ROOT / "benchmarks" / "results" / "shakespeare_char_cpu"
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     lines = [
-        f"`{command}`",
+        f"`{result['command']}`",
         "",
         "| run | positions | seed | val loss @2000 (20×12 windows) | val loss, whole split | "
         "train loss @2000 | tokens/s |",
@@ -120,7 +116,7 @@ def main() -> None:
             f"{r['train_loss_2000']:.4f} | {r['tokens_per_sec']:,.0f} |"
             for r in rows
         ]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    write("shakespeare_char_cpu", result, lines)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The built-in corpora (data.source=stdlib|text) → tokenizer → megatron-core `.bin/.idx`, cached
-by what produced them.
+by what produced them. The tokens are written by `bigtrain-prepare`'s streaming writer
+(`preprocess.write_prefix`), so both ways in build the same files the same way.
 
 The cache folder is keyed by the corpus fingerprint (file names, sizes, mtimes: a warm start
 reads no corpus text), the tokenizer settings and the split, so
@@ -19,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from bigtrain.config.schema import DataConfig
 from bigtrain.data.corpus import fingerprint, load_corpus, split_documents
+from bigtrain.data.preprocess import write_prefix
 from bigtrain.data.tokenizer import Tokenizer, token_dtype, train_tokenizer
 
 FORMAT_VERSION = 1
@@ -89,30 +90,22 @@ def prepare(cfg: DataConfig, log=print) -> Prepared:
 
 
 def _build(cfg: DataConfig, docs: list[str], out: Path) -> dict:
-
+    """Train the tokenizer on the train split, then write both splits through `bigtrain-prepare`'s
+    streaming writer."""
     train_docs, val_docs = split_documents(docs, cfg.val_fraction)
     tok = train_tokenizer(train_docs, cfg.tokenizer, cfg.vocab_size, out / "tokenizer")
-    dtype = token_dtype(tok.vocab_size)
     meta = {
         "format": FORMAT_VERSION,
         "vocab_size": tok.vocab_size,
-        "dtype": np.dtype(dtype).name,
+        "dtype": np.dtype(token_dtype(tok.vocab_size)).name,
         "tokens": {},
         "documents": {},
         "bytes": {},
     }
     for split, split_docs in zip(SPLITS, (train_docs, val_docs)):
-        builder = IndexedDatasetBuilder(str(out / f"{split}.bin"), dtype=dtype)
-        total = 0
-        for ids in tok.encode_batch(split_docs):
-            if cfg.append_eod:
-                ids.append(tok.eod)
-            if ids:
-                builder.add_document(np.asarray(ids, dtype=dtype), [len(ids)])
-                total += len(ids)
-        builder.finalize(str(out / f"{split}.idx"))
-        meta["tokens"][split] = total
-        meta["documents"][split] = len(split_docs)
+        written = write_prefix(split_docs, tok.path, out / split, append_eod=cfg.append_eod)
+        meta["tokens"][split] = written["tokens"]
+        meta["documents"][split] = written["documents"]
         meta["bytes"][split] = {ext: (out / f"{split}.{ext}").stat().st_size for ext in ("bin", "idx")}
     return meta
 

@@ -21,7 +21,7 @@ import shutil
 import time
 from collections import deque
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -47,11 +47,8 @@ def prepare_corpus(cfg: PrepareConfig, log=print) -> dict:
     start = time.perf_counter()
     tokenizer_file = _tokenizer_file(cfg, files, out, log)
     tokenizer = load_tokenizer(tokenizer_file, cfg.tokenizer.eod_token)
-    dtype = token_dtype(tokenizer.vocab_size)
     skips, seen = Skips(), set()
-    stats = {"documents": 0, "tokens": 0, "bytes": 0, "duplicates_removed": 0}
-    tmp_bin, tmp_idx = out.with_name(out.name + ".bin.tmp"), out.with_name(out.name + ".idx.tmp")
-    builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
+    duplicates = {"removed": 0}
     bar = tqdm(
         total=sum(f.stat().st_size for f in files),
         unit="B",
@@ -60,27 +57,28 @@ def prepare_corpus(cfg: PrepareConfig, log=print) -> dict:
         disable=not cfg.progress_bar,
         mininterval=1.0,
     )
-    batches = _batches(_filtered(cfg, files, skips, seen, stats), cfg.batch_docs)
-    for tokens, lengths, size in _tokenized(batches, tokenizer_file, cfg, dtype):
-        for doc in np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else ():
-            builder.add_document(doc, [len(doc)])  # one sequence per document, as Megatron-LM writes
-        stats["tokens"] += int(tokens.size)
-        stats["bytes"] += size
-        bar.update(size)
-        bar.set_postfix_str(f"{stats['tokens'] / max(1e-9, time.perf_counter() - start):,.0f} tok/s", refresh=False)
-    bar.close()
-    if stats["documents"] == 0:
-        tmp_bin.unlink(missing_ok=True)
-        raise DataError(
+    written = write_prefix(
+        _filtered(cfg, files, skips, seen, duplicates),
+        tokenizer_file,
+        out,
+        eod_token=cfg.tokenizer.eod_token,
+        append_eod=cfg.append_eod,
+        workers=cfg.workers,
+        batch_docs=cfg.batch_docs,
+        bar=bar,
+        on_empty=lambda: (
             f"the inputs hold no documents (skipped: {dict(skips) or 'nothing'}): check inputs and text_key"
-        )
-    builder.finalize(str(tmp_idx))
+        ),
+    )
+    bar.close()
+    stats = {key: written[key] for key in ("documents", "tokens", "bytes")}
+    stats["duplicates_removed"] = duplicates["removed"]
     seconds = time.perf_counter() - start
     summary = {
         "inputs": len(files),
         **stats,
         "skipped": dict(sorted(skips.items())),
-        "dtype": np.dtype(dtype).name,
+        "dtype": written["dtype"],
         # Training finds the tokenizer by this file and refuses prefixes prepared with another one.
         "tokenizer": {
             "file": tokenizer_file.name,
@@ -94,8 +92,6 @@ def prepare_corpus(cfg: PrepareConfig, log=print) -> dict:
         "tokens_per_s": round(stats["tokens"] / seconds, 1),
         "workers": cfg.workers,
     }
-    tmp_bin.replace(out.with_name(out.name + ".bin"))
-    tmp_idx.replace(out.with_name(out.name + ".idx"))
     out.with_name(out.name + ".summary.json").write_text(json.dumps(summary, indent=1))
     log(
         f"wrote {out}.bin/.idx: {stats['documents']:,} documents, {stats['tokens']:,} tokens "
@@ -135,7 +131,7 @@ def _documents(files: list[Path], cfg: PrepareConfig, skips: Skips) -> Iterator[
         yield from documents(file, cfg.text_key, skips, cfg.max_doc_chars)
 
 
-def _filtered(cfg: PrepareConfig, files: list[Path], skips: Skips, seen: set, stats: dict) -> Iterator[str]:
+def _filtered(cfg: PrepareConfig, files: list[Path], skips: Skips, seen: set, duplicates: dict) -> Iterator[str]:
     for doc in _documents(files, cfg, skips):
         if len(doc) < cfg.min_chars:
             skips["shorter_than_min_chars"] += 1
@@ -143,16 +139,56 @@ def _filtered(cfg: PrepareConfig, files: list[Path], skips: Skips, seen: set, st
         if cfg.dedupe:
             key = hashlib.blake2b(doc.encode("utf-8", errors="surrogatepass"), digest_size=12).digest()
             if key in seen:
-                stats["duplicates_removed"] += 1
+                duplicates["removed"] += 1
                 continue
             seen.add(key)
-        stats["documents"] += 1
         yield doc
 
 
-def _batches(docs: Iterator[str], size: int) -> Iterator[list[str]]:
+def write_prefix(
+    docs: Iterable[str],
+    tokenizer_file: Path,
+    out: Path,
+    *,
+    eod_token: str | None = None,
+    append_eod: bool = True,
+    workers: int = 1,
+    batch_docs: int = 256,
+    bar: tqdm | None = None,
+    on_empty: Callable[[], str] | None = None,
+) -> dict:
+    """Tokenize `docs`, in order, into `out`.bin/.idx (one sequence per document, as Megatron-LM
+    writes). The one tokenize-and-build loop of bigtrain: `bigtrain-prepare` and the built-in
+    corpora both write through it. Files are written under temporary names and renamed at the end;
+    with `on_empty`, no documents raises DataError(on_empty()) and leaves no files."""
+    dtype = token_dtype(load_tokenizer(tokenizer_file, eod_token).vocab_size)
+    tmp_bin, tmp_idx = out.with_name(out.name + ".bin.tmp"), out.with_name(out.name + ".idx.tmp")
+    builder = IndexedDatasetBuilder(str(tmp_bin), dtype=dtype)
+    counts = {"documents": 0, "tokens": 0, "bytes": 0}
+    start = time.perf_counter()
+    init = (str(tokenizer_file), eod_token, append_eod, np.dtype(dtype).name)
+    for tokens, lengths, size in _tokenized(_batches(docs, batch_docs, counts), init, workers):
+        for doc in np.split(tokens, np.cumsum(lengths)[:-1]) if len(lengths) else ():
+            builder.add_document(doc, [len(doc)])
+        counts["tokens"] += int(tokens.size)
+        counts["bytes"] += size
+        if bar is not None:
+            bar.update(size)
+            rate = counts["tokens"] / max(1e-9, time.perf_counter() - start)
+            bar.set_postfix_str(f"{rate:,.0f} tok/s", refresh=False)
+    if on_empty is not None and counts["documents"] == 0:
+        tmp_bin.unlink(missing_ok=True)
+        raise DataError(on_empty())
+    builder.finalize(str(tmp_idx))
+    tmp_bin.replace(out.with_name(out.name + ".bin"))
+    tmp_idx.replace(out.with_name(out.name + ".idx"))
+    return counts | {"dtype": np.dtype(dtype).name}
+
+
+def _batches(docs: Iterable[str], size: int, counts: dict) -> Iterator[list[str]]:
     batch = []
     for doc in docs:
+        counts["documents"] += 1
         batch.append(doc)
         if len(batch) == size:
             yield batch
@@ -161,20 +197,19 @@ def _batches(docs: Iterator[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def _tokenized(batches: Iterator[list[str]], tokenizer_file: Path, cfg: PrepareConfig, dtype) -> Iterator[tuple]:
+def _tokenized(batches: Iterator[list[str]], init: tuple, workers: int) -> Iterator[tuple]:
     """Encoded batches in input order: inline with one worker, else through a process pool with at
     most 2 × workers batches in flight."""
-    init = (str(tokenizer_file), cfg.tokenizer.eod_token, cfg.append_eod, np.dtype(dtype).name)
-    if cfg.workers == 1:
+    if workers == 1:
         init_encoder(*init)
         yield from map(encode_batch, batches)
         return
     # spawn: a fork of this process would copy the reader's state; workers load only the tokenizer.
-    with multiprocessing.get_context("spawn").Pool(cfg.workers, initializer=init_encoder, initargs=init) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=init_encoder, initargs=init) as pool:
         pending = deque()
         for batch in batches:
             pending.append(pool.apply_async(encode_batch, (batch,)))
-            if len(pending) >= 2 * cfg.workers:
+            if len(pending) >= 2 * workers:
                 yield pending.popleft().get()
         while pending:
             yield pending.popleft().get()

@@ -8,6 +8,7 @@ group exists. Nothing else in bigtrain writes `os.environ` or patches a library.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -51,11 +52,48 @@ def setup_process(local_rank: str | None = None, verbose: bool = False) -> None:
         import deepspeed.ops  # noqa: PLC0415  (after DS_ACCELERATOR is set, see above)
 
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    with _compile_on_first_call(torch):
+        import megatron.core  # noqa: F401, PLC0415  (after DS_ACCELERATOR is set, see above)
+
+        with contextlib.suppress(ImportError):  # what DeepSpeed imports when it checks a ZeRO optimizer
+            import deepspeed.runtime.zero.muon.muon_optimizer  # noqa: F401, PLC0415
+    if not cuda:
         # megatron-core's tensor-parallel helpers call CUDA unconditionally in a few places.
         from bigtrain.parallel import cpu_compat  # noqa: PLC0415  (imports megatron-core)
 
         cpu_compat.apply()
     _done = True
+
+
+@contextlib.contextmanager
+def _compile_on_first_call(torch):
+    """While megatron-core and DeepSpeed's Muon optimizer import, `torch.compile(fn)` returns a
+    stand-in that compiles `fn` the first time it is called. Both decorate kernels with
+    torch.compile at import (megatron.core.jit; DeepSpeed imports Muon whenever it checks a ZeRO
+    optimizer), and the decorator alone imports dynamo and inductor: 1.1-1.5 s of every rank's
+    start on a 2-core CPU, for kernels bigtrain never calls. torch.compile compiles on the first
+    call too, so a kernel that is called behaves as before."""
+    compile_now = torch.compile
+
+    def compile_later(model=None, **options):
+        if model is None:  # used as @torch.compile(**options)
+            return lambda fn: compile_later(fn, **options)
+        compiled = None
+
+        @functools.wraps(model)
+        def first_call_compiles(*args, **kwargs):
+            nonlocal compiled
+            if compiled is None:
+                compiled = compile_now(model, **options)
+            return compiled(*args, **kwargs)
+
+        return first_call_compiles
+
+    torch.compile = compile_later
+    try:
+        yield
+    finally:
+        torch.compile = compile_now
 
 
 def set_verbosity(verbose: bool) -> None:

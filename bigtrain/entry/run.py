@@ -101,6 +101,7 @@ def run(cfg: Config, run_dir: Path, callbacks: list | tuple = (), faults: str = 
         if cfg.trainer.compile:  # the next run in this process compiles and counts its own graphs
             undo.callback(torch._dynamo.utils.counters.clear)
             undo.callback(torch._dynamo.reset)
+            undo.callback(_stop_compile_threads)
         trainer = Trainer(cfg.trainer, cfg.optim, ranks, built.parts, built.state, log)
         _fit(trainer, ranks)
         summary = _finish(cfg, run_dir, ranks, trainer, built, log)
@@ -148,6 +149,18 @@ def _fit(trainer: Trainer, ranks: Ranks) -> None:
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         what = "the model's" if t.compile_scope == "model" else "a block's"
         trainer.log(f"torch.compile: {graphs} graphs compiled (dynamo's count: {what} training and evaluation forward)")
+
+
+def _stop_compile_threads() -> None:
+    """End the thread pool inductor keeps for compiling kernels (it starts one per process on the
+    first compile and keeps it); the next compiling run starts its own."""
+    from torch._inductor.async_compile import AsyncCompile, shutdown_compile_workers  # noqa: PLC0415
+
+    pool = getattr(AsyncCompile, "pool", None)
+    if pool is not None and hasattr(pool, "cache_info") and pool.cache_info().currsize:
+        pool().shutdown()
+        pool.cache_clear()
+    shutdown_compile_workers()
 
 
 def _dry_run(cfg: Config, layout) -> dict:

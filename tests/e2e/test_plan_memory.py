@@ -1,7 +1,7 @@
 """The planner against real runs (issue 13): gpt2_124m's shape (model states dominate) trains 3
 fp32 steps on 1 or 2 CPU ranks per layout, and rank 0's peak resident memory before the final
 checkpoint (metrics.jsonl's mem_gb, the process's ru_maxrss) is within 10% of the planner's
-prediction for that rank, fixed overhead included (tests/helpers/plan_memory.py).
+prediction for that rank, fixed overhead included (`compare` in benchmarks/plan_memory.py).
 
 Five layouts of different kinds are here: plain, ZeRO-1 and ZeRO-3 over data parallelism,
 tensor parallelism and a pipeline. benchmarks/plan_memory.py also runs zero2 dp2, whose measured
@@ -14,10 +14,15 @@ one parameter-sized buffer (0.17 GB) less at its peak in ZeRO-1's step, as threa
 layout the planner over-predicts by more than 10% runs again, up to three times in all, and the
 highest peak counts. An under-prediction fails at once: another run could only read higher."""
 
+import sys
+
 import pytest
 
 from bigtrain.parallel.plan import GB
-from tests.helpers.plan_memory import compare
+from tests.helpers.launch import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from plan_memory import compare  # noqa: E402  (the benchmark's comparison; tests may import benchmarks, not the reverse)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed, pytest.mark.slow]
 

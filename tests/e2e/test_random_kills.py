@@ -1,7 +1,10 @@
 """Kill and resume (issue 12): the whole job is killed with SIGKILL at 5 random steps, relaunched
 with the same command after each kill, and still ends with the weights, Adam moments and per-step
 losses of an uninterrupted run, bit for bit (fp32, dropout on). Each kill may cost at most the
-steps since the last checkpoint; the steps lost per kill are reported at the end of the session."""
+steps since the last checkpoint; the steps lost per kill are reported at the end of the session.
+
+The uninterrupted run trains on the warm workers (tests/helpers/pool.py), the killed job through
+the real launchers: the bitwise comparison also holds the pool to the launchers' numbers."""
 
 import os
 import random
@@ -14,21 +17,24 @@ import pytest
 import torch
 
 from bigtrain.train.consolidated import read_tensors
+from tests.helpers import pool
 from tests.helpers.launch import PYTHON, ROOT, assert_streamed, deepspeed_command, read_metrics, short_run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
+pytestmark = [pytest.mark.e2e, pytest.mark.distributed, pytest.mark.pool]
 
 STEPS, SAVE_INTERVAL, KILLS = 24, 4, 5  # short_run saves every 4 steps
-LAYOUTS = {
-    "single": lambda: [PYTHON, "launch/pretrain.py", "parallel=single"],
-    "zero2_dp2": lambda: [*deepspeed_command(2), "parallel=zero2"],
-    "tp2": lambda: [*deepspeed_command(2), "parallel=tp2"],
-}
+LAYOUTS = {"single": (1, "parallel=single"), "zero2_dp2": (2, "parallel=zero2"), "tp2": (2, "parallel=tp2")}
 LOST: dict[str, list[int]] = {}  # layout -> steps lost per kill (printed by tests/conftest.py)
 
 
+def overrides(layout: str, root, corpus) -> list[str]:
+    return [LAYOUTS[layout][1], *short_run(root, layout, corpus, STEPS), "model.dropout=0.1"]
+
+
 def command(layout: str, root, corpus) -> list[str]:
-    return [*LAYOUTS[layout](), *short_run(root, layout, corpus, STEPS), "model.dropout=0.1"]
+    ranks = LAYOUTS[layout][0]
+    launcher = [PYTHON, "launch/pretrain.py"] if ranks == 1 else deepspeed_command(ranks)
+    return [*launcher, *overrides(layout, root, corpus)]
 
 
 def last_step(run) -> int:
@@ -60,7 +66,7 @@ def test_killed_at_random_steps_ends_bitwise_equal(layout, corpus, cache_dir, tm
     seed = random.randrange(1 << 30) if seed is None else seed
     kills = sorted(random.Random(seed).sample(range(2, STEPS - 1), KILLS))
     context = f"layout {layout}, kill steps {kills} (seed {seed}: replay with --kill-seed {seed})"
-    whole = subprocess.run(command(layout, tmp_path / "whole", corpus), cwd=ROOT, capture_output=True, text=True)
+    whole = pool.run(LAYOUTS[layout][0], overrides(layout, tmp_path / "whole", corpus))
     assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
 
     cmd, run = command(layout, tmp_path / "killed", corpus), tmp_path / "killed" / layout

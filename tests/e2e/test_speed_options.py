@@ -1,4 +1,4 @@
-"""The speed options through the real entry point: trainer.compile trains like eager (fp32 in
+"""The speed options through bigtrain's entry point (on the warm workers): trainer.compile trains like eager (fp32 in
 one process, block by block and the whole model; bf16 under ZeRO-2 over two ranks, with the
 presets' clipping, eval and sampling),
 and trainer.threads / pin_cores set what they say."""
@@ -9,9 +9,10 @@ import subprocess
 
 import pytest
 
-from tests.helpers.launch import PYTHON, ROOT, deepspeed_command, launch, read_metrics
+from tests.helpers import pool
+from tests.helpers.launch import PYTHON, ROOT, read_metrics
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.pool
 
 ARGS = [
     "model=tiny",
@@ -31,8 +32,9 @@ ARGS = [
 ]
 
 
-def train(command: list[str], corpus, run_dir, *extra: str) -> tuple[list[dict], str]:
-    proc = launch([*command, f"data.path={corpus}", f"hydra.run.dir={run_dir}", *ARGS, *extra], ROOT, timeout=900)
+def train(ranks: int, corpus, run_dir, *extra: str) -> tuple[list[dict], str]:
+    """On the warm workers: each run compiles its own graphs (run() resets dynamo when it ends)."""
+    proc = pool.run(ranks, [f"data.path={corpus}", f"hydra.run.dir={run_dir}", *ARGS, *extra], timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return read_metrics(run_dir), proc.stdout
 
@@ -47,10 +49,8 @@ def train(command: list[str], corpus, run_dir, *extra: str) -> tuple[list[dict],
     ids=["single-fp32", "single-fp32-whole-model", "zero2_dp2-bf16"],
 )
 def test_compiled_trains_like_eager(ranks, extra, rel, corpus, cache_dir, tmp_path):
-    command = deepspeed_command(ranks) if ranks > 1 else [PYTHON, "launch/pretrain.py"]
-    eager, _ = train(command, corpus, tmp_path / "eager", *extra)
-    command = deepspeed_command(ranks) if ranks > 1 else [PYTHON, "launch/pretrain.py"]
-    compiled, out = train(command, corpus, tmp_path / "compiled", *extra, "trainer.compile=true")
+    eager, _ = train(ranks, corpus, tmp_path / "eager", *extra)
+    compiled, out = train(ranks, corpus, tmp_path / "compiled", *extra, "trainer.compile=true")
     whole = "trainer.compile_scope=model" in extra
     assert ("torch.compile of the whole model" if whole else "torch.compile per transformer block") in out
     graphs = int(out.split("torch.compile: ")[1].split(" graphs")[0])

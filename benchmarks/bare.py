@@ -1,20 +1,16 @@
-"""The bare baseline: an eager PyTorch training loop written the way nanoGPT's train.py is (no
-bigtrain code; the block is reference_shakespeare.py's), for the same decoder bigtrain trains.
-
-    python benchmarks/bare_loop.py --data ../shared/data/tinyshakespeare.txt --layers 4 --heads 4 \
-        --dim 128 --block 64 --batch 12 --position rope --steps 200
+"""The bare baseline the benchmarks compare bigtrain with: an eager PyTorch training loop written
+the way nanoGPT's train.py is (no bigtrain code; the block is reference_shakespeare.py's), for the
+same decoder bigtrain trains. A library: `tax.py` runs it between bigtrain's steps, `layouts.py`
+once per model.
 
 Pre-LayerNorm blocks without biases, GELU MLP, causal SDPA, tied head; character vocabulary;
-random training windows; AdamW (torch's default implementation unless --fused) with clipping at
-1.0. --dtype bf16 runs the step under torch.autocast, as nanoGPT does; --compile compiles the
-whole model. Prints one JSON line: the median step time and tokens/s over the steps after
---warmup, and the last loss.
+random training windows; AdamW (torch's default implementation unless fused=True) with clipping at
+1.0. dtype="bf16" runs the step under torch.autocast, as nanoGPT does; compile=True compiles the
+whole model.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 
@@ -86,53 +82,34 @@ def bare_step(
     return step
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--block", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=12)
-    parser.add_argument("--position", choices=["learned", "rope"], default="rope")
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--fused", action="store_true")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
-    args = parser.parse_args()
-    if args.steps <= args.warmup:
-        parser.error(f"--steps {args.steps} leaves no step after --warmup {args.warmup}: raise --steps")
-    step = bare_step(
-        args.data,
-        args.layers,
-        args.heads,
-        args.dim,
-        args.block,
-        args.batch,
-        args.position,
-        args.dtype,
-        args.compile,
-        args.fused,
-    )
+def measure(data_path: str, shape: dict, dtype: str = "fp32", steps: int = 200, warmup: int = 20) -> dict:
+    """Train `shape` (layers, heads, dim, block, batch, position) for `steps` in this process: the
+    median step time and tokens/s after `warmup`, and the last loss."""
+    if steps <= warmup:
+        raise ValueError(f"steps={steps} leaves no step after warmup={warmup}: raise steps")
+    keys = ("layers", "heads", "dim", "block", "batch", "position")
+    step = bare_step(data_path, **{k: shape[k] for k in keys}, dtype=dtype)
     times, loss = [], None
-    for _ in range(args.steps):
+    for _ in range(steps):
         start = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - start)
-    median = statistics.median(times[args.warmup :])
-    print(
-        json.dumps(
-            {
-                "step_time": median,
-                "tokens_per_sec": args.batch * args.block / median,
-                "loss": loss.item(),
-                "params": step.params,
-                "threads": torch.get_num_threads(),
-            }
-        )
-    )
+    median = statistics.median(times[warmup:])
+    return {
+        "step_time": median,
+        "tokens_per_sec": shape["batch"] * shape["block"] / median,
+        "loss": loss.item(),
+        "params": step.params,
+        "threads": torch.get_num_threads(),
+    }
 
 
-if __name__ == "__main__":
-    main()
+def shape_overrides(shape: dict) -> list[str]:
+    """bigtrain's overrides for a bare-loop shape (layers, heads, dim, block, position)."""
+    return [
+        f"model.n_layers={shape['layers']}",
+        f"model.n_heads={shape['heads']}",
+        f"model.d_model={shape['dim']}",
+        f"model.seq_len={shape['block']}",
+        f"model.position={shape['position']}",
+    ]
