@@ -154,7 +154,7 @@ def _fit(trainer: Trainer, ranks: Ranks) -> None:
 def _stop_compile_threads() -> None:
     """End the thread pool inductor keeps for compiling kernels (it starts one per process on the
     first compile and keeps it); the next compiling run starts its own."""
-    from torch._inductor.async_compile import AsyncCompile, shutdown_compile_workers  # noqa: PLC0415
+    from torch._inductor.async_compile import AsyncCompile, shutdown_compile_workers  # noqa: PLC0415  (loads inductor: only a compiling run)
 
     pool = getattr(AsyncCompile, "pool", None)
     if pool is not None and hasattr(pool, "cache_info") and pool.cache_info().currsize:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from bigtrain.parallel.state import free_port
+from bigtrain.parallel.state import free_port  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 PYTHON = sys.executable
+
+sys.path.insert(0, str(ROOT / "benchmarks"))  # tests may import the benchmarks' helpers, not the reverse
+from report import deepspeed_command  # noqa: E402, F401  (one deepspeed launcher line for tests and benchmarks)
 
 
 def launch(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -30,18 +32,6 @@ def launch(args: list[str], cwd: Path, timeout: int = 600, env: dict | None = No
 
 def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def deepspeed_command(ranks: int) -> list[str]:
-    """The deepspeed launcher for `ranks` local processes on a free port, running launch/pretrain.py."""
-    return [
-        shutil.which("deepspeed"),
-        "--num_gpus",
-        str(ranks),
-        "--master_port",
-        str(free_port()),
-        "launch/pretrain.py",
-    ]
 
 
 def short_run(root, name: str, corpus, steps: int) -> list[str]:
