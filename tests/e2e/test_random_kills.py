@@ -24,18 +24,16 @@ from tests.helpers.launch import PYTHON, ROOT, assert_streamed, deepspeed_comman
 pytestmark = [pytest.mark.e2e, pytest.mark.distributed]
 
 STEPS, SAVE_INTERVAL, KILLS = 24, 4, 5  # short_run saves every 4 steps
-LAYOUTS = {"single": (1, "parallel=single"), "zero2_dp2": (2, "parallel=zero2"), "tp2": (2, "parallel=tp2")}
+LAYOUTS = {
+    "single": lambda: [PYTHON, "launch/pretrain.py", "parallel=single"],
+    "zero2_dp2": lambda: [*deepspeed_command(2), "parallel=zero2"],
+    "tp2": lambda: [*deepspeed_command(2), "parallel=tp2"],
+}
 LOST: dict[str, list[int]] = {}  # layout -> steps lost per kill (printed by tests/conftest.py)
 
 
-def overrides(layout: str, root, corpus) -> list[str]:
-    return [LAYOUTS[layout][1], *short_run(root, layout, corpus, STEPS), "model.dropout=0.1"]
-
-
 def command(layout: str, root, corpus) -> list[str]:
-    ranks = LAYOUTS[layout][0]
-    launcher = [PYTHON, "launch/pretrain.py"] if ranks == 1 else deepspeed_command(ranks)
-    return [*launcher, *overrides(layout, root, corpus)]
+    return [*LAYOUTS[layout](), *short_run(root, layout, corpus, STEPS), "model.dropout=0.1"]
 
 
 def last_step(run) -> int:
