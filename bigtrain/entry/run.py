@@ -59,6 +59,8 @@ def main(tree, run_dir: str) -> int:
     except (PeerLost, NonFiniteError) as err:  # every rank sees the same numbers; a lost peer is per rank
         if rank == 0 or isinstance(err, PeerLost):
             print(f"{rank_prefix(rank)}bigtrain: error: {err}", file=sys.stderr, flush=True)
+        if isinstance(err, PeerLost):  # only now: the launcher ends this rank once it sees them die
+            err.end_hung()
         return 1
     except Exception:  # a bug or a library's failure: the whole traceback, with the rank on each line
         print(with_rank(rank, traceback.format_exc()), file=sys.stderr, flush=True)
@@ -73,7 +75,8 @@ def run(cfg: Config, run_dir: Path, callbacks: list | tuple = (), faults: str = 
     inject (a BIGTRAIN_FAULT value, for tests). Re-entrant: whatever the run changes in its process
     (process groups, signal handlers, timed collectives, threads, compiled graphs) is undone when
     it returns or raises, so one process can run one job after another (a notebook, a sweep, the
-    test suite's warm workers)."""
+    test suite's warm workers). A PeerLost it raises names the lost ranks; those hung on this host
+    are still running until its `end_hung()` (after the caller has reported it)."""
     try:
         layout = validate(cfg)  # before any process group
     except ConfigError as err:

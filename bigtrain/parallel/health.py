@@ -9,7 +9,9 @@ under the deepspeed launcher, srun and mpirun; torchrun's agent under torchrun).
 A named rank on the survivor's own host is SIGKILLed (every rank leaves its host and pid at the
 store when the job starts): a stopped or hung process ignores the launcher's SIGTERM, and the
 deepspeed launcher waits 30 s before its SIGKILL, torchrun longer. The job is over once a
-collective has timed out; this only ends it sooner.
+collective has timed out; this only ends it sooner. The kill comes after the survivor has
+printed its line (`PeerLost.end_hung`): the launcher answers the killed rank by terminating the
+survivor within a second, which would otherwise take the line with it.
 """
 
 from __future__ import annotations
@@ -30,7 +32,20 @@ LOST_PEER_MARKERS = ("Connection closed by peer", "Connection reset", "Broken pi
 
 
 class PeerLost(RuntimeError):
-    """A collective failed because other ranks are gone; the message names them and the step."""
+    """A collective failed because other ranks are gone; the message names them and the step.
+    `hung`: the pids of the named ranks still running on this host, which `end_hung` kills."""
+
+    def __init__(self, message: str, hung: list[int] = ()):
+        super().__init__(message)
+        self.hung = list(hung)
+
+    def end_hung(self) -> None:
+        """SIGKILL the hung ranks on this host; call it after the line is printed."""
+        for pid in self.hung:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:  # gone since: nothing to end
+                continue
 
 
 def lost_peer(err: Exception) -> bool:
@@ -45,10 +60,9 @@ def register(rank: int) -> None:
     store.set(f"bigtrain/pid/{rank}", f"{socket.gethostname()} {os.getpid()}")
 
 
-def kill_local(ranks: list[int]) -> list[int]:
-    """SIGKILL those of `ranks` still running on this host (not dead: a zombie is left alone); the
-    ranks killed."""
-    killed = []
+def running_here(ranks: list[int]) -> dict[int, int]:
+    """The pids of those of `ranks` still running on this host, by rank (a zombie is not running)."""
+    found = {}
     for rank in ranks:
         try:
             store = torch.distributed.distributed_c10d._get_default_store()
@@ -57,11 +71,10 @@ def kill_local(ranks: list[int]) -> list[int]:
                 continue
             state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
             if state not in ("Z", "X"):
-                os.kill(int(pid), signal.SIGKILL)
-                killed.append(rank)
+                found[rank] = int(pid)
         except Exception:  # noqa: BLE001, S112  (no store, no /proc, a process already gone: nothing to end)
             continue
-    return killed
+    return found
 
 
 def missing_ranks(rank: int, world: int, wait_s: float = CHECK_IN_S) -> list[int] | None:
@@ -81,7 +94,8 @@ def missing_ranks(rank: int, world: int, wait_s: float = CHECK_IN_S) -> list[int
 
 
 def describe(err: Exception, rank: int, world: int, step: int, saving: bool, latest: str | None) -> PeerLost:
-    """The one line a surviving rank prints for a failed collective."""
+    """The one line a surviving rank prints for a failed collective, with the hung ranks on this
+    host for `PeerLost.end_hung` to end once it is printed."""
     gone = missing_ranks(rank, world)
     if gone is None:
         who = "the rendezvous store is unreachable, so the process hosting it is gone (rank 0, or torchrun's agent)"
@@ -91,11 +105,12 @@ def describe(err: Exception, rank: int, world: int, step: int, saving: bool, lat
         who = "every rank is alive, but a collective failed"
     where = f"while saving the checkpoint of step {step}" if saving else f"during step {step + 1}"
     resume = f"the latest complete checkpoint is {latest}" if latest else "there is no complete checkpoint yet"
-    if killed := kill_local(gone or []):
-        resume += f"; rank{'s' if len(killed) > 1 else ''} {', '.join(map(str, killed))} hung on this host, now killed"
+    if hung := running_here(gone or []):
+        resume += f"; rank{'s' if len(hung) > 1 else ''} {', '.join(map(str, hung))} hung on this host, now killed"
     text = str(err).strip()
     first = text.splitlines()[0].split(". ")[0][:200] if text else type(err).__name__
     return PeerLost(
         f"{who} ({where}; last completed step {step}; {resume}): relaunch the same command to resume "
-        f"from it [{type(err).__name__}: {first}]"
+        f"from it [{type(err).__name__}: {first}]",
+        hung=list(hung.values()),
     )
