@@ -59,9 +59,9 @@ class Assembled:
 
 def build(cfg: Config, run_dir: Path, ranks: Ranks, log, callbacks: list, undo: contextlib.ExitStack) -> Assembled:
     """Every component of the run on this rank. What needs undoing if the run ends early (the data
-    thread, the sinks, the comm clock) joins `undo`; closing the thread and the sinks twice is
-    fine. `callbacks`: the caller's step callbacks, called after bigtrain's own (the guard's
-    reset, the comm clock)."""
+    thread, the sinks, the comm clock) or before another run in this process (the engine's gradient
+    hooks) joins `undo`; closing the thread and the sinks twice is fine. `callbacks`: the caller's
+    step callbacks, called after bigtrain's own (the guard's reset, the comm clock)."""
     t, layout = cfg.trainer, ranks.layout
     plan = plan_on_one_rank(cfg.data, cfg.model.seq_len, ranks, log)
     tokenizer = plan.tokenizer
@@ -72,6 +72,7 @@ def build(cfg: Config, run_dir: Path, ranks: Ranks, log, callbacks: list, undo: 
     hooks = Callbacks()
     seed_everything(t.seed, ranks)
     engine = build_engine(cfg, ranks, vocab, tp, hooks.wrap_loss(functools.partial(lm_loss, tp=tp)), log=log)
+    undo.callback(engine.release)
     seed_everything(t.seed, ranks)  # dropout streams independent of how many layers this rank built
     hooks.extend([engine.guard, _comm_clock(cfg, log, undo), *callbacks])
     checkpointer = Checkpointer(cfg, ckpt_root(cfg, run_dir), ranks, vocab, tokenizer, hooks)

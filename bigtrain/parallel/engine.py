@@ -11,6 +11,7 @@ Parallelism is applied in a fixed order, each step logged on rank 0:
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,6 +41,45 @@ class Engine:
     clipper: GradClipper | None  # bigtrain's clipping on the plain path (it knows the last norm), else DeepSpeed's
     guard: NonFiniteGuard  # skips an update with NaN/Inf gradients; a step callback (its reset)
     min_loss_scale: float | None  # fp16: stop when the dynamic loss scale collapses to it
+
+    def release(self) -> None:
+        """Remove the gradient hooks DeepSpeed's ZeRO optimizers put on the parameters. They close
+        over the optimizer, which holds the parameters: a cycle through autograd's C++ nodes that
+        Python's collector cannot see, so without this the model, its optimizer state and its
+        process groups (with their gloo threads) outlive the run in a process that runs another.
+        ZeRO-3 also leaves the model at the bottom of a module-level stack of DeepSpeed's, which
+        nothing pops, and its parameter coordinator in a class-wide cache; a pipeline stopped
+        between steps (a signal, non-finite losses) keeps its last losses and activations, whose
+        autograd graphs carry DeepSpeed's backward hooks on the engine. At the run's end, also
+        after a failure (a lost peer): nothing here communicates."""
+        try:
+            self.engine.destroy()
+            _drop_graphs(self.engine)
+            from deepspeed.runtime.zero import parameter_offload  # noqa: PLC0415  (ZeRO-3's, loaded with DeepSpeed)
+
+            stack = parameter_offload.FWD_MODULE_STACK
+            stack[:] = [m for m in stack if m is not self.engine.module]
+            coordinator = parameter_offload.PartitionedParameterCoordinator
+            wrapped = coordinator.__dict__.get("_PartitionedParameterCoordinator__params_to_release")
+            for cell in getattr(wrapped, "__closure__", None) or ():  # an lru_cache inside an nvtx wrapper
+                if hasattr(cell.cell_contents, "cache_clear"):
+                    cell.cell_contents.cache_clear()
+        except Exception as err:  # noqa: BLE001  (the run is over; a failed cleanup must not hide its result)
+            print(f"bigtrain: warning: releasing DeepSpeed's engine failed: {err}", file=sys.stderr)
+
+
+def _drop_graphs(engine) -> None:
+    """Let go of the tensors with autograd graphs an engine holds between steps (a pipeline's
+    losses and buffered activations)."""
+    for name, value in list(vars(engine).items()):
+        if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+            setattr(engine, name, None)
+    buffers = getattr(engine, "pipe_buffers", None)
+    for kept in buffers.values() if isinstance(buffers, dict) else ():
+        if isinstance(kept, list):
+            kept[:] = [None] * len(kept)
+    if isinstance(getattr(engine, "fwd_outputs", None), list):
+        engine.fwd_outputs = []
 
 
 def build_engine(cfg: Config, ranks: Ranks, vocab: Vocab, tp: TensorParallel, loss_fn: LossFn, log=print) -> Engine:

@@ -1,6 +1,6 @@
 """The planner against real runs (issue 13): gpt2_124m's shape (model states dominate) trains 3
-fp32 steps on 1 or 2 CPU ranks per layout, and rank 0's peak resident memory before the final
-checkpoint (metrics.jsonl's mem_gb, the process's ru_maxrss) is within 10% of the planner's
+fp32 steps on 1 or 2 CPU ranks per layout, and rank 0's peak resident memory (metrics.jsonl's
+mem_gb at the last step, the process's ru_maxrss) is within 10% of the planner's
 prediction for that rank, fixed overhead included (`compare` in benchmarks/plan_memory.py).
 
 Five layouts of different kinds are here: plain, ZeRO-1 and ZeRO-3 over data parallelism,

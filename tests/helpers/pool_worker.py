@@ -87,8 +87,12 @@ def _redirected(out: str, entry) -> int:
 
 def _process_state(torch) -> dict:
     """What a run could leave behind in its process: process groups, signal handlers, threads,
-    patched collectives, torch's thread count, the CPU affinity."""
+    patched collectives, torch's thread count, the CPU affinity, and live DeepSpeed engines (one
+    kept alive keeps its model, optimizer state and gloo groups, whose threads poll)."""
+    from deepspeed import DeepSpeedEngine  # noqa: PLC0415  (imported by main() already)
+
     return {
+        "engines": sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objects()),
         "process_group": torch.distributed.is_initialized(),
         "signal_handlers": [repr(signal.getsignal(s)) for s in SIGNALS],
         "threads": sorted(t.name for t in threading.enumerate() if not t.daemon or t.name.startswith("bigtrain")),
