@@ -7,8 +7,10 @@ group exists. Nothing else in bigtrain writes `os.environ` or patches a library.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import gc
 import logging
 import os
 import sys
@@ -62,6 +64,13 @@ def setup_process(local_rank: str | None = None, verbose: bool = False) -> None:
         from bigtrain.parallel import cpu_compat  # noqa: PLC0415  (imports megatron-core)
 
         cpu_compat.apply()
+    # torch, DeepSpeed and megatron-core leave ~440,000 objects that live as long as the process,
+    # and every full collection walks them all (0.27 s on a 2-core CPU); so do the interpreter's
+    # collections at exit (1.2-1.5 s of every rank's end). Frozen objects are skipped: freeze what
+    # the imports made, and everything at exit. What a run makes later is collected as before,
+    # so a process that runs one job after another frees each job's objects.
+    gc.freeze()
+    atexit.register(gc.freeze)
     _done = True
 
 

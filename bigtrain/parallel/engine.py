@@ -64,6 +64,9 @@ class Engine:
             for cell in getattr(wrapped, "__closure__", None) or ():  # an lru_cache inside an nvtx wrapper
                 if hasattr(cell.cell_contents, "cache_clear"):
                     cell.cell_contents.cache_clear()
+            from deepspeed.runtime.pipe import p2p  # noqa: PLC0415  (loaded with DeepSpeed's engine)
+
+            p2p._groups, p2p._grid, p2p._async = None, None, []  # a pipeline's groups, set per engine
         except Exception as err:  # noqa: BLE001  (the run is over; a failed cleanup must not hide its result)
             print(f"bigtrain: warning: releasing DeepSpeed's engine failed: {err}", file=sys.stderr)
 

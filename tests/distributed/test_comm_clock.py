@@ -20,6 +20,9 @@ LATE = 0.3  # seconds rank 1 computes before each collective
 
 def _worker(rank: int, port: int, queue) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from bigtrain.entry.process import setup_process  # noqa: PLC0415
+
+    setup_process()  # a fresh spawned interpreter: without it, DeepSpeed's comm compiles its shared-memory op
     import deepspeed.comm as ds_comm  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
     from megatron.core.tensor_parallel import mappings  # noqa: PLC0415

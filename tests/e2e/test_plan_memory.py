@@ -12,7 +12,11 @@ The planner predicts the peak a rank can reach; one run can stay below it. pp2's
 (benchmarks/results/plan_memory_repeat*.md), and 1.664 and 1.693 GB in two CI runs: a low run holds
 one parameter-sized buffer (0.17 GB) less at its peak in ZeRO-1's step, as thread timing goes. So a
 layout the planner over-predicts by more than 10% runs again, up to three times in all, and the
-highest peak counts. An under-prediction fails at once: another run could only read higher."""
+highest peak counts. An under-prediction fails at once: another run could only read higher.
+
+The spread is glibc's (README, "Planning a layout"): freed blocks stay resident in per-thread arenas
+depending on thread timing; with MALLOC_MMAP_THRESHOLD_=1048576 pp2 reads 1.516-1.530 GB steadily,
+a peak the planner, calibrated on the default allocator, over-predicts by 23%."""
 
 import sys
 

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -40,12 +41,20 @@ def slurm(tmp_path_factory):
 
 def sbatch(env, name: str, root, corpus, wait: bool, extra=()) -> subprocess.CompletedProcess:
     """Submit launch/slurm/pretrain.sbatch with 2 CPU tasks, as its header's comment shows (the
-    job takes the environment `env`)."""
+    job takes the environment `env`). `wait`: return once the job has finished, with its exit code
+    as the returncode (what `sbatch --wait` does, but polled every 0.3 s: `--wait` looks at the
+    job every 10 s, which was most of a short job's time)."""
     args = ["sbatch", "--parsable", f"--job-name={name}", "--gpus-per-node=0", "--ntasks-per-node=2"]
     args += [f"--output={root}/slurm-%x-%j.out"]  # not into the checkout
-    args += ["--cpus-per-task=1", *(["--wait"] if wait else []), "launch/slurm/pretrain.sbatch"]
+    args += ["--cpus-per-task=1", "launch/slurm/pretrain.sbatch"]
     args += [f"run.root={root}", f"data.path={corpus}", *ARGS, *extra]
-    return subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    if not wait or proc.returncode != 0:
+        return proc
+    job = proc.stdout.strip().split(";")[0]
+    info = wait_finished(job, env, timeout=900, log=Path(root) / name / f"slurm-{job}.out")
+    code = 0 if info["JobState"] == "COMPLETED" else int(info.get("ExitCode", "1:0").split(":")[0]) or 1
+    return subprocess.CompletedProcess(args, code, proc.stdout, proc.stderr)
 
 
 @pytest.fixture(scope="module")
