@@ -50,7 +50,8 @@ class Engine:
         ZeRO-3 also leaves the model at the bottom of a module-level stack of DeepSpeed's, which
         nothing pops, and its parameter coordinator in a class-wide cache; a pipeline stopped
         between steps (a signal, non-finite losses) keeps its last losses and activations, whose
-        autograd graphs carry DeepSpeed's backward hooks on the engine. At the run's end, also
+        autograd graphs carry DeepSpeed's backward hooks on the engine, and its point-to-point
+        groups stay in DeepSpeed's p2p module, set anew by each pipeline engine. At the run's end, also
         after a failure (a lost peer): nothing here communicates."""
         try:
             self.engine.destroy()

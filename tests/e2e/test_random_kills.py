@@ -68,12 +68,14 @@ def test_killed_at_random_steps_ends_bitwise_equal(layout, corpus, cache_dir, tm
     # One process trains on one core, so its uninterrupted run goes beside the killed one; two ranks
     # already take both cores (a second job would make each rank wait for its peer to be scheduled).
     beside = layout == "single"
-    whole = subprocess.Popen(
-        command(layout, tmp_path / "whole", corpus), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    whole_log = tmp_path / "whole.log"  # a file, not a pipe: nobody reads a pipe while it trains beside
+    with open(whole_log, "w") as out:
+        whole = subprocess.Popen(
+            command(layout, tmp_path / "whole", corpus), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
     request.addfinalizer(whole.kill)  # a test that fails early leaves no run behind
     if not beside:
-        check_whole(whole)
+        check_whole(whole, whole_log)
 
     cmd, run = command(layout, tmp_path / "killed", corpus), tmp_path / "killed" / layout
     logged, outputs, checkpointed = [0], [], []
@@ -86,7 +88,7 @@ def test_killed_at_random_steps_ends_bitwise_equal(layout, corpus, cache_dir, tm
     final = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert final.returncode == 0, context + "\n" + final.stdout[-3000:] + final.stderr[-3000:]
     if beside:
-        check_whole(whole)
+        check_whole(whole, whole_log)
     # the step each relaunch resumed from, as the relaunch itself said it (0: no checkpoint yet)
     relaunches = zip([*outputs[1:], final.stdout], checkpointed[1:], strict=True)
     resumed = [resume_step_said(out, had, context) for out, had in relaunches]
@@ -107,9 +109,9 @@ def test_killed_at_random_steps_ends_bitwise_equal(layout, corpus, cache_dir, tm
         assert not different, f"{context}: {kind} tensors differ: {different[:5]}"
 
 
-def check_whole(proc: subprocess.Popen) -> None:
-    stdout, stderr = proc.communicate(timeout=600)
-    assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
+def check_whole(proc: subprocess.Popen, log) -> None:
+    proc.wait(timeout=600)
+    assert proc.returncode == 0, log.read_text()[-6000:]
 
 
 def resume_step_said(output: str, had_checkpoint: bool, context: str) -> int:
