@@ -7,6 +7,7 @@ gpt2_124m's shape (model states dominate; sequence 128, micro-batch 1, global ba
 character vocabulary) trains 3 fp32 steps through the real launcher per layout, with no checkpoint.
 Rank 0's peak resident memory (metrics.jsonl's mem_gb at the last step, the process's ru_maxrss) is
 compared with the planner's prediction for that rank (`bigtrain/parallel/plan.py`, CPU fixed overhead).
+The ranks run with glibc's mmap threshold fixed at 1 MB (ALLOCATOR), so the peak is live memory.
 `tests/e2e/test_plan_memory.py` runs the same comparison (`compare`, here) on the layouts within 10%.
 Writes benchmarks/results/plan_memory.{json,md}.
 
@@ -45,6 +46,10 @@ RUN = [
     "logging.progress_bar=false",
     "logging.tensorboard=false",
 ]
+# glibc's mmap threshold fixed at 1 MB: a freed block over 1 MB leaves the resident set at once, so
+# the peak is the peak of live tensors and the same from run to run (the default threshold rises as
+# large blocks are freed, and what stays resident in per-thread arenas moved pp2's peak by 0.22 GB).
+ALLOCATOR = {"MALLOC_MMAP_THRESHOLD_": "1048576"}
 LAYOUTS = {  # name -> (ranks, overrides)
     "single": (1, ["parallel=single"]),
     "zero1_dp2": (2, ["parallel=zero1"]),
@@ -61,7 +66,7 @@ def compare(name: str, corpus: Path, root: Path) -> tuple[float, Plan]:
     ranks, overrides = LAYOUTS[name]
     args = [*RUN, *overrides, f"data.path={corpus}", f"run.root={root}", "run.name=plan"]
     cmd = [PYTHON, "launch/pretrain.py"] if ranks == 1 else deepspeed_command(ranks)
-    proc = launch([*cmd, *args], timeout=600)
+    proc = launch([*cmd, *args], timeout=600, env=ALLOCATOR)
     measured = read_metrics(root / "plan")[-1]["mem_gb"] * 2**30  # ru_maxrss, in bytes
     vocab = int(next(line for line in proc.stdout.splitlines() if "vocab " in line).split("vocab ")[1].split(";")[0])
     cfg = compose([a for a in args if not a.startswith("run.")])

@@ -85,9 +85,10 @@ def deepspeed_command(ranks: int) -> list[str]:
     ]
 
 
-def launch(args: list[str], timeout: int = 1800) -> subprocess.CompletedProcess:
-    """Run a command from the repository root; RuntimeError with its output's tail if it fails."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def launch(args: list[str], timeout: int = 1800, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a command from the repository root, with `env` added to this process's environment;
+    RuntimeError with its output's tail if it fails."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, args))}: exit {proc.returncode}\n{proc.stderr[-3000:]}")

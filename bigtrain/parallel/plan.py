@@ -9,14 +9,14 @@ Memory per rank is the sum of:
   over the data-parallel ranks, ZeRO-2 the gradients too, ZeRO-3 everything, plus the largest
   layer gathered whole. In fp32 the weights and gradients are 4 bytes and DeepSpeed's ZeRO-1/2
   still keeps an fp32 partition of the weights for the optimizer (4/dp).
-* **DeepSpeed's buffers** (`runtime_bytes`): the ZeRO optimizers reduce gradients through a
-  bucket of up to `reduce_bucket_size` elements (5e8 by default, filled up to the rank's
-  parameters); Adam's step makes two fp32 temporaries the size of the flat partition, or one
-  with torch's fused kernel (`optim.implementation`, fused by default; measured, see
-  benchmarks/README.md section 5); ZeRO-3
-  keeps gathered parameters live while they are reused within `stage3_max_reuse_distance` (1e9
-  elements by default, so a model below a billion parameters stays gathered), and its backward
-  peaks two bucket-sized gradient copies higher (measured on CPU ranks over gloo, fp32).
+* **DeepSpeed's buffers** (`runtime_bytes`, measured in fp32 on CPU ranks): the ZeRO optimizers
+  reduce gradients through a bucket of up to `reduce_bucket_size` elements (5e8 by default,
+  filled up to the rank's parameters), which under ZeRO-1 holds the gradients themselves and
+  under ZeRO-2/3 comes on top of the partitioned ones; ZeRO-1 copies its partition's gradients
+  once more; Adam's step flattens the partition's gradient into one more fp32 buffer (two with
+  torch's unfused kernel, `optim.implementation`); ZeRO-3 keeps gathered parameters live while
+  they are reused within `stage3_max_reuse_distance` (1e9 elements by default, so a model below
+  a billion parameters stays gathered), plus one fresh partition-sized gradient per reduction.
 * **activations** per micro-batch and layer, with flash attention (no T×T scores kept): the block
   input, norm outputs, q/k/v, attention output and the MLP's intermediates, divided by the
   tensor-parallel size where they are sharded; with full activation checkpointing only the block
@@ -49,7 +49,8 @@ from bigtrain.config.validate import Layout, validate
 from bigtrain.model.flops import parameter_count, train_flops_per_token
 
 GB = 1e9
-CPU_OVERHEAD_GB = 0.6  # a CPU rank's resident set before the model: Python, torch, DeepSpeed, megatron-core
+CPU_OVERHEAD_GB = 0.45  # a CPU rank's resident set before the model: Python, torch, DeepSpeed, megatron-core
+# (measured with the tiny model on 1-2 ranks under MALLOC_MMAP_THRESHOLD_=1048576, benchmarks/plan_memory.py)
 REDUCE_BUCKET_ELEMENTS = int(5e8)  # DeepSpeed's default reduce_bucket_size (bigtrain keeps it)
 MAX_REUSE_ELEMENTS = int(1e9)  # DeepSpeed's default stage3_max_reuse_distance
 
@@ -165,24 +166,46 @@ def model_state_bytes(params: float, largest: float, dtype: str, zero: int, dp: 
     return {"weights": 4 * largest, "gradients": 0.0, "optimizer": 18 * params / dp}
 
 
-def runtime_bytes(params: float, dtype: str, zero: int, dp: int, fused_adam: bool = True) -> dict[str, float]:
-    """What DeepSpeed's ZeRO optimizers hold beyond the model states, at their defaults: the
-    gradient bucket (`reduce_bucket_size`, 5e8 elements, filled up to the rank's parameters); the
-    optimizer step's two fp32 temporaries over the flat partition (torch Adam's
-    `exp_avg_sq.sqrt() / bias_correction`; one with the fused kernel, as measured); under ZeRO-3 the gathered
-    parameters, which stay live while they are reused within `stage3_max_reuse_distance` (1e9
-    elements)."""
+def runtime_bytes(
+    params: float, dtype: str, zero: int, dp: int, fused_adam: bool = True, pipeline: bool = False
+) -> dict[str, float]:
+    """What DeepSpeed's ZeRO optimizers hold beyond the model states, at their defaults.
+
+    fp32, measured (live peaks on CPU ranks, benchmarks/plan_memory.py): the gradients are copied
+    into the reduce bucket as backward produces them and the model's gradients become views of
+    it, so under ZeRO-1 the bucket is the "gradients" term; ZeRO-1 then copies its partition's
+    gradients into a contiguous buffer (`partition_gradients`, 4 bytes over params / dp), which
+    a pipeline's reduction (`reduce_gradients(pipeline_parallel=True)`) hands to the step as it
+    is. ZeRO-2 keeps only that partition (its "gradients" term), so its bucket
+    (`reduce_bucket_size`, 5e8 elements, filled up to the rank's parameters) comes on top.
+    Adam's step flattens the partition's gradient into one more fp32 buffer (`optimizer_step`),
+    outside a pipeline; torch's unfused Adam adds a temporary of that size
+    (`exp_avg_sq.sqrt() / bias_correction`). ZeRO-3 keeps the gathered parameters live while they
+    are reused within `stage3_max_reuse_distance` (1e9 elements), reduces through its bucket, and
+    each bucket's reduce-scatter makes a fresh partition-sized gradient before adding it to the
+    partition's (`backward_peak`).
+
+    Mixed precision: the bucket in 4 bytes per element and the step's temporaries, from
+    DeepSpeed's accounting; not measured (this machine's CPUs run bf16 ~1000x slower)."""
     if zero == 0 and dtype == "fp32":
         return {}  # the plain path: torch AdamW per tensor, no buckets
-    out = {
-        "buckets": 4 * min(REDUCE_BUCKET_ELEMENTS, params),
-        "optimizer_step": (1 if fused_adam else 2) * 4 * params / dp,
-    }
+    bucket = 4 * min(REDUCE_BUCKET_ELEMENTS, params)
+    partition = 4 * params / dp
+    unfused = 0 if fused_adam else partition
+    if dtype != "fp32":
+        out = {"buckets": bucket, "optimizer_step": partition + unfused}
+        if zero == 3:
+            out["gathered"] = _dtype_bytes(dtype) * min(MAX_REUSE_ELEMENTS, params)
+            out["backward_peak"] = 2 * _dtype_bytes(dtype) * min(REDUCE_BUCKET_ELEMENTS, params)
+        return out
+    if pipeline:  # ZeRO-1 only (validate refuses 2 and 3 with stages)
+        return {"optimizer_step": partition + unfused}
+    if zero == 1:
+        return {"partition_gradients": partition, "optimizer_step": partition + unfused}
+    out = {"buckets": bucket, "optimizer_step": partition + unfused}
     if zero == 3:
-        out["gathered"] = _dtype_bytes(dtype) * min(MAX_REUSE_ELEMENTS, params)
-        # measured, not derived: ZeRO-3's backward peaks two bucket-sized gradient copies above
-        # its resting memory (the full-size gradients autograd produces, and the bucket's reduction)
-        out["backward_peak"] = 2 * _dtype_bytes(dtype) * min(REDUCE_BUCKET_ELEMENTS, params)
+        out["gathered"] = 4 * min(MAX_REUSE_ELEMENTS, params)
+        out["backward_peak"] = partition
     return out
 
 
@@ -225,7 +248,7 @@ def plan(cfg: Config, cluster: Cluster, layout: Layout | None = None, vocab: int
     result = Plan(layout, zero)
     result.memory.update(model_state_bytes(params, largest, cfg.precision.dtype, zero, layout.data))
     fused = cfg.optim.implementation in ("auto", "fused")
-    result.memory.update(runtime_bytes(params, cfg.precision.dtype, zero, layout.data, fused))
+    result.memory.update(runtime_bytes(params, cfg.precision.dtype, zero, layout.data, fused, layout.pipeline > 1))
     result.memory.update(activation_bytes(cfg, layout))
     result.memory["fixed"] = cluster.overhead_gb * GB
     result.step.update(step_time(cfg, cluster, layout, params))
