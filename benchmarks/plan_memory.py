@@ -95,7 +95,8 @@ def measure(args) -> list[dict]:
     for name in args.layouts:
         measured = []
         for _ in range(args.repeat):
-            peak, predicted = compare(name, args.data_path.resolve(), Path(tempfile.mkdtemp(prefix=f"plan-{name}-")))
+            with tempfile.TemporaryDirectory(prefix=f"plan-{name}-") as root:
+                peak, predicted = compare(name, args.data_path.resolve(), Path(root))
             measured.append(peak)
             print(name, round(peak / GB, 3), flush=True)
         peaks = [round(m / GB, 3) for m in measured]
