@@ -20,6 +20,26 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class MoEConfig:
+    """Mixture of experts (`model.moe`): routed MLPs in place of the dense one. experts=0: dense."""
+
+    experts: int = 0  # routed experts per MoE layer; 0 keeps every MLP dense
+    top_k: int = 2  # experts per token (1: Switch, 2: Mixtral)
+    ffn_hidden: Optional[int] = None  # one expert's hidden size; None: the dense MLP's (model.ffn_hidden)
+    shared_experts: int = 0  # experts every token also goes through (DeepSeek), each ffn_hidden wide
+    every: int = 1  # layers every, 2·every, ... are MoE (1: all, 2: every other one, as Switch and GShard)
+    # None: dropless; else an expert takes at most ceil(capacity_factor · tokens · top_k / experts)
+    # of a micro-batch's assignments, first choices first, and the rest pass by on the residual
+    capacity_factor: Optional[float] = None
+    aux_loss_coef: float = 0.01  # load balancing (Switch): experts · Σ_e fraction_e · mean router probability_e
+    z_loss_coef: float = 0.001  # router z-loss (ST-MoE): mean logsumexp(router logits)²
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether block `index` (0-based) has routed experts."""
+        return self.experts > 0 and (index + 1) % self.every == 0
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "tiny"
     n_layers: int = 4
@@ -40,6 +60,7 @@ class ModelConfig:
     vocab_size: Optional[int] = None  # None: taken from the tokenizer
     pad_vocab_multiple: int = 64  # padded vocab is a multiple of this × tensor_parallel
     init_from: Optional[str] = None  # a Hugging Face folder to start from
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
     @property
     def kv_heads(self) -> int:
@@ -56,6 +77,10 @@ class ModelConfig:
         if self.activation == "swiglu":
             return -(-int(8 * self.d_model / 3) // 64) * 64
         return 4 * self.d_model
+
+    @property
+    def expert_ffn_dim(self) -> int:
+        return self.moe.ffn_hidden or self.ffn_dim
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ def validate(cfg: Config, world_size: int | None = None) -> Layout:
             "DeepSpeed pipelines support ZeRO 0 or 1; set parallel.zero_stage=1"
         )
     _check_compile(cfg)
+    _check_moe(cfg)
     if world_size % (tp * pp):
         raise ConfigError(
             f"world size {world_size} is not divisible by tensor_parallel × pipeline_parallel "
@@ -108,6 +109,50 @@ def validate(cfg: Config, world_size: int | None = None) -> Layout:
     if cfg.optim.min_lr > cfg.optim.lr:
         raise ConfigError(f"optim.min_lr={cfg.optim.min_lr} exceeds optim.lr={cfg.optim.lr}: lower min_lr")
     return Layout(world_size, tp, pp, dp, t.global_batch_size // per_step)
+
+
+def _check_moe(cfg: Config) -> None:
+    """model.moe's rules: enough experts for the top-k, at least one MoE layer, what composes."""
+    moe, m, p = cfg.model.moe, cfg.model, cfg.parallel
+    if moe.experts == 0:
+        return
+    if moe.experts < 2:
+        raise ConfigError(
+            f"model.moe.experts={moe.experts}: a mixture needs 2 experts or more (0 keeps the model dense)"
+        )
+    if not 1 <= moe.top_k <= moe.experts:
+        raise ConfigError(f"model.moe.top_k={moe.top_k} must be between 1 and model.moe.experts={moe.experts}")
+    if not 1 <= moe.every <= m.n_layers:
+        raise ConfigError(
+            f"model.moe.every={moe.every} must be between 1 and model.n_layers={m.n_layers}: "
+            "1 makes every layer MoE, 2 every other one"
+        )
+    for key in ("ffn_hidden", "capacity_factor"):
+        value = getattr(moe, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"model.moe.{key}={value} must be positive (null: {_MOE_NULL[key]})")
+    for key in ("shared_experts", "aux_loss_coef", "z_loss_coef"):
+        if getattr(moe, key) < 0:
+            raise ConfigError(f"model.moe.{key}={getattr(moe, key)} must be 0 or more")
+    tp = p.tensor_parallel
+    if m.expert_ffn_dim % tp:
+        raise ConfigError(
+            f"the experts' hidden size {m.expert_ffn_dim} (model.moe.ffn_hidden) is not divisible by "
+            f"parallel.tensor_parallel={tp}"
+        )
+    if p.sequence_parallel:
+        raise ConfigError(
+            "model.moe cannot combine with parallel.sequence_parallel=true: routing needs every position of the "
+            "micro-batch on each tensor-parallel rank; set parallel.sequence_parallel=false"
+        )
+    if p.zero_stage == 3:
+        raise ConfigError(
+            "model.moe cannot combine with parallel.zero_stage=3 yet (not tested with routed experts): "
+            "use parallel.zero_stage=1 or 2"
+        )
+
+
+_MOE_NULL = {"ffn_hidden": "the dense MLP's size", "capacity_factor": "dropless routing"}
 
 
 def _check_compile(cfg: Config) -> None:

@@ -39,6 +39,7 @@ from bigtrain.train import consolidated
 from bigtrain.train.callbacks import Callbacks
 from bigtrain.train.checkpoint import Checkpointer
 from bigtrain.train.loop import Components, TrainState
+from bigtrain.train.moe_stats import MoEStats
 from bigtrain.train.rundir import RunDirError
 
 # Bytes per parameter of one checkpoint: DeepSpeed's files (fp32 weights and two Adam moments, plus
@@ -74,7 +75,8 @@ def build(cfg: Config, run_dir: Path, ranks: Ranks, log, callbacks: list, undo: 
     engine = build_engine(cfg, ranks, vocab, tp, hooks.wrap_loss(functools.partial(lm_loss, tp=tp)), log=log)
     undo.callback(engine.release)
     seed_everything(t.seed, ranks)  # dropout streams independent of how many layers this rank built
-    hooks.extend([engine.guard, _comm_clock(cfg, log, undo), *callbacks])
+    moe = MoEStats(engine.engine, ranks, cfg.model.n_layers, cfg.model.moe.experts) if cfg.model.moe.experts else None
+    hooks.extend([engine.guard, _comm_clock(cfg, log, undo), moe, *callbacks])
     checkpointer = Checkpointer(cfg, ckpt_root(cfg, run_dir), ranks, vocab, tokenizer, hooks)
     resumed = checkpointer.resume(engine.engine, log)
     if resumed is None and cfg.model.init_from:

@@ -128,6 +128,8 @@ class Sinks:
             }
             if record.get("mfu") is not None:
                 shown["mfu"] = f"{100 * record['mfu']:.1f}%"
+            if "moe_aux_loss" in record:
+                shown["aux"] = f"{record['moe_aux_loss']:.3f}"
             if "val_loss" in record:
                 shown["val"] = f"{record['val_loss']:.4f}"
             self.bar.set_postfix(shown, refresh=True)

@@ -10,6 +10,13 @@ c = n_kv_heads·head_dim (key/value width), f = ffn hidden size, V = vocabulary,
                                                 square as Megatron and PaLM do (no causal halving)
     head        2·d·V
 
+A mixture-of-experts layer (model.moe) counts what a token runs through, not what the layer holds:
+
+    per MoE layer  2·d·E                        the router's logits over E experts
+              + top_k · 2·(2 or 3)·d·f_e        its top-k experts (f_e = model.moe.ffn_hidden)
+              + 2·(2 or 3)·d·(s·f_e)            s shared experts, as one MLP s·f_e wide
+    in place of the dense MLP; `parameter_count` counts all E experts (memory), `active` only these.
+
 Training is 3× the forward (backward costs twice the forward). Activation recomputation is not
 counted: MFU measures useful model work, so checkpointing lowers it, as it should.
 Embedding lookups, norms, activations and softmax are ignored (under 1% at GPT-2 scale).
@@ -22,26 +29,49 @@ from bigtrain.config.schema import ModelConfig
 
 def forward_flops_per_token(cfg: ModelConfig, vocab: int) -> int:
     d, hd = cfg.d_model, cfg.head_dim
-    a, c, f = cfg.n_heads * hd, cfg.kv_heads * hd, cfg.ffn_dim
-    mlp_mats = 3 if cfg.activation == "swiglu" else 2
-    per_layer = 2 * (d * a + 2 * d * c + a * d) + 2 * mlp_mats * d * f + 2 * 2 * cfg.seq_len * a
-    return cfg.n_layers * per_layer + 2 * d * vocab
+    a, c = cfg.n_heads * hd, cfg.kv_heads * hd
+    attention = 2 * (d * a + 2 * d * c + a * d) + 2 * 2 * cfg.seq_len * a
+    total = sum(attention + 2 * _mlp_weights(cfg, i, active=True) for i in range(cfg.n_layers))
+    return total + 2 * d * vocab
 
 
 def train_flops_per_token(cfg: ModelConfig, vocab: int) -> int:
     return 3 * forward_flops_per_token(cfg, vocab)
 
 
-def parameter_count(cfg: ModelConfig, vocab: int) -> int:
-    """Parameters of the unsharded model (padded vocabulary as given)."""
+def _mlp_matrix_weights(cfg: ModelConfig, f: int) -> int:
+    return (3 if cfg.activation == "swiglu" else 2) * cfg.d_model * f
+
+
+def _mlp_bias_weights(cfg: ModelConfig, f: int) -> int:
+    return (f * (2 if cfg.activation == "swiglu" else 1) + cfg.d_model) if cfg.bias else 0
+
+
+def _mlp_weights(cfg: ModelConfig, layer: int, active: bool, biases: bool = False) -> int:
+    """Weights of block `layer`'s feed-forward part: the dense MLP, or the MoE layer's router,
+    experts (all of them, or the top-k a token runs through when `active`) and shared experts."""
+
+    def mlp(f: int) -> int:
+        return _mlp_matrix_weights(cfg, f) + (_mlp_bias_weights(cfg, f) if biases else 0)
+
+    moe = cfg.moe
+    if not moe.is_moe_layer(layer):
+        return mlp(cfg.ffn_dim)
+    f = cfg.expert_ffn_dim
+    routed = (moe.top_k if active else moe.experts) * mlp(f)
+    shared = mlp(moe.shared_experts * f) if moe.shared_experts else 0
+    return cfg.d_model * moe.experts + routed + shared
+
+
+def parameter_count(cfg: ModelConfig, vocab: int, active: bool = False) -> int:
+    """Parameters of the unsharded model (padded vocabulary as given); `active`: those one token
+    uses (with routed experts, only its top-k)."""
     d, hd = cfg.d_model, cfg.head_dim
-    a, c, f = cfg.n_heads * hd, cfg.kv_heads * hd, cfg.ffn_dim
-    mlp_mats = 3 if cfg.activation == "swiglu" else 2
+    a, c = cfg.n_heads * hd, cfg.kv_heads * hd
     norm = (2 if cfg.norm == "layernorm" and cfg.bias else 1) * d
-    per_layer = d * (a + 2 * c) + a * d + mlp_mats * d * f + 2 * norm
-    if cfg.bias:
-        per_layer += (a + 2 * c) + d + (f * (mlp_mats - 1)) + d
-    total = cfg.n_layers * per_layer + vocab * d + norm
+    attention = d * (a + 2 * c) + a * d + 2 * norm + ((a + 2 * c) + d if cfg.bias else 0)
+    total = sum(attention + _mlp_weights(cfg, i, active, biases=True) for i in range(cfg.n_layers))
+    total += vocab * d + norm
     if cfg.position == "learned":
         total += cfg.seq_len * d
     if not cfg.tie_embeddings:

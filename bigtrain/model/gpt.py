@@ -18,6 +18,7 @@ from torch import nn
 
 from bigtrain.config.schema import ModelConfig
 from bigtrain.model.layers import TensorParallel, Vocab, checkpoint
+from bigtrain.model.moe import MoE
 
 
 def sinusoidal_table(seq_len: int, d: int) -> torch.Tensor:
@@ -87,14 +88,17 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: TensorParallel):
+    """The dense feed-forward layer; `ffn` overrides its hidden size (an expert's, in bigtrain/model/moe.py)."""
+
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel, ffn: int | None = None):
         super().__init__()
+        ffn = ffn or cfg.ffn_dim
         residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layers)
         self.swiglu = cfg.activation == "swiglu"
-        self.up = tp.column(cfg.d_model, cfg.ffn_dim, cfg.bias, cfg.init_std)
+        self.up = tp.column(cfg.d_model, ffn, cfg.bias, cfg.init_std)
         if self.swiglu:
-            self.gate = tp.column(cfg.d_model, cfg.ffn_dim, cfg.bias, cfg.init_std)
-        self.down = tp.row(cfg.ffn_dim, cfg.d_model, cfg.bias, residual_std)
+            self.gate = tp.column(cfg.d_model, ffn, cfg.bias, cfg.init_std)
+        self.down = tp.row(ffn, cfg.d_model, cfg.bias, residual_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.swiglu:
@@ -119,12 +123,14 @@ class ResidualDropout(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, tp: TensorParallel):
+    """One decoder layer; block `index` has routed experts in place of its MLP where model.moe says so."""
+
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel, index: int = 0):
         super().__init__()
         self.norm1 = tp.norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
         self.attn = Attention(cfg, tp)
         self.norm2 = tp.norm(cfg.norm, cfg.d_model, cfg.norm_eps, cfg.bias)
-        self.mlp = MLP(cfg, tp)
+        self.mlp = MoE(cfg, tp, index, lambda ffn: MLP(cfg, tp, ffn)) if cfg.moe.is_moe_layer(index) else MLP(cfg, tp)
         self.drop = ResidualDropout(cfg.dropout, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -223,7 +229,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList()
         for i in range(cfg.n_layers):
             seed_layer(seed + 1 + i)
-            self.blocks.append(Block(cfg, tp))
+            self.blocks.append(Block(cfg, tp, i))
         seed_layer(seed + cfg.n_layers + 1)
         self.final_norm = FinalNorm(cfg, tp)
         seed_layer(seed + cfg.n_layers + 2)

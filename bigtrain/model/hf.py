@@ -3,6 +3,8 @@
     learned or sinusoidal positions + LayerNorm + GELU, multi-head   →  GPT2LMHeadModel
     rotary positions + LayerNorm + GELU, multi-head                  →  GPTNeoXForCausalLM
     rotary positions + RMSNorm + SwiGLU (any GQA)                    →  LlamaForCausalLM
+    the same with routed experts in every block (top-k ≥ 2, no shared  →  MixtralForCausalLM
+    experts, no biases)
 
 Anything else is refused with the list above. bigtrain tensors are full (unsharded) and use
 canonical names (see train/consolidated.py). A `Rule` pairs one bigtrain tensor with its Hugging
@@ -14,7 +16,10 @@ head_dim rows. GPT-NeoX's `query_key_value` is per head [q, k, v] × head_dim, w
 thing when every head is its own group. GPT-2's Conv1D layers store (in, out), the transpose of a
 linear weight, and its c_attn is [all q; all k; all v]. Llama keeps q, k and v apart. Where
 bigtrain has no bias (or no LayerNorm bias), GPT-2 and GPT-NeoX get zeros, the same function;
-sinusoidal positions export as GPT-2's position table filled with the sinusoid.
+sinusoidal positions export as GPT-2's position table filled with the sinusoid. Mixtral is written
+in the Hub's layout (`block_sparse_moe.gate`, `experts.<e>.w1|w3|w2` = gate, up, down), which
+transformers 5 fuses into its own on loading; Mixtral renormalizes the top-k router weights, as
+bigtrain does for k ≥ 2 (with k = 1 bigtrain keeps the probability, so top-1 is refused).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from bigtrain.model.gpt import sinusoidal_table
 
 SUPPORTED = (
     "learned|sinusoidal + layernorm + gelu (GPT2LMHeadModel), rope + layernorm + gelu "
-    "(GPTNeoXForCausalLM), rope + rmsnorm + swiglu (LlamaForCausalLM)"
+    "(GPTNeoXForCausalLM), rope + rmsnorm + swiglu (LlamaForCausalLM; with model.moe, MixtralForCausalLM)"
 )
 
 
@@ -174,6 +179,17 @@ def _llama_rules(cfg: ModelConfig) -> list[Rule]:
     ]
 
 
+def _mixtral_rules(cfg: ModelConfig) -> list[Rule]:
+    rules = [r for r in _llama_rules(cfg) if ".mlp." not in r.ours]  # attention, norms, embedding, head
+    for i in range(cfg.n_layers):
+        b, h = f"blocks.{i}.mlp.", f"model.layers.{i}.block_sparse_moe."
+        rules.append(Rule(b + "router", (h + "gate.weight",)))
+        for e in range(cfg.moe.experts):
+            for ours, theirs in (("gate", "w1"), ("up", "w3"), ("down", "w2")):
+                rules.append(Rule(f"{b}experts.{e}.{ours}.weight", (f"{h}experts.{e}.{theirs}.weight",)))
+    return rules
+
+
 def _gpt2_config(cfg: ModelConfig, vocab: int) -> dict:
     return {
         "n_positions": cfg.seq_len,
@@ -228,6 +244,20 @@ def _llama_config(cfg: ModelConfig, vocab: int) -> dict:
     }
 
 
+def _mixtral_config(cfg: ModelConfig, vocab: int) -> dict:
+    out = {k: v for k, v in _llama_config(cfg, vocab).items() if k not in ("attention_bias", "mlp_bias")}
+    return {
+        **out,
+        "intermediate_size": cfg.expert_ffn_dim,
+        "num_local_experts": cfg.moe.experts,
+        "num_experts_per_tok": cfg.moe.top_k,
+        "router_aux_loss_coef": cfg.moe.aux_loss_coef,
+        "output_router_logits": False,
+        "router_jitter_noise": 0.0,
+        "sliding_window": None,
+    }
+
+
 @dataclass(frozen=True)
 class Family:
     arch: str
@@ -270,11 +300,26 @@ FAMILIES = {
             ("intermediate_size", "ffn_dim"),
         ),
     ),
+    "mixtral": Family(
+        "MixtralForCausalLM",
+        "mixtral",
+        _mixtral_rules,
+        _mixtral_config,
+        (
+            ("num_hidden_layers", "n_layers"),
+            ("hidden_size", "d_model"),
+            ("num_attention_heads", "n_heads"),
+            ("num_key_value_heads", "kv_heads"),
+            ("intermediate_size", "expert_ffn_dim"),
+        ),
+    ),
 }
 
 
 def family(cfg: ModelConfig) -> str:
     """The Hugging Face family that represents this model exactly, or an ExportError."""
+    if cfg.moe.experts:
+        return _mixture_family(cfg)
     if cfg.norm == "layernorm" and cfg.activation == "gelu" and cfg.position in ("learned", "sinusoidal", "rope"):
         name = "gpt_neox" if cfg.position == "rope" else "gpt2"
         if cfg.kv_heads != cfg.n_heads:
@@ -289,6 +334,28 @@ def family(cfg: ModelConfig) -> str:
         f"no Hugging Face class represents position={cfg.position}, norm={cfg.norm}, "
         f"activation={cfg.activation} exactly: export supports {SUPPORTED}"
     )
+
+
+def _mixture_family(cfg: ModelConfig) -> str:
+    moe = cfg.moe
+    if not (cfg.position == "rope" and cfg.norm == "rmsnorm" and cfg.activation == "swiglu"):
+        raise ExportError(
+            f"MixtralForCausalLM needs position=rope, norm=rmsnorm, activation=swiglu (this model: {cfg.position}, "
+            f"{cfg.norm}, {cfg.activation}); no Hugging Face class represents its mixture exactly"
+        )
+    refused = [
+        (cfg.bias, "model.bias=true: Mixtral has no biases"),
+        (moe.every != 1, f"model.moe.every={moe.every}: Mixtral has experts in every layer"),
+        (moe.shared_experts > 0, f"model.moe.shared_experts={moe.shared_experts}: Mixtral has none"),
+        (
+            moe.top_k == 1,
+            "model.moe.top_k=1: Mixtral renormalizes the top-k weights, bigtrain's top-1 keeps the probability",
+        ),
+    ]
+    for bad, why in refused:
+        if bad:
+            raise ExportError(f"MixtralForCausalLM cannot represent this mixture ({why}): train without it to export")
+    return "mixtral"
 
 
 def _rules(cfg: ModelConfig) -> list[Rule]:
@@ -336,6 +403,11 @@ def from_hf(hf: dict, config: dict, cfg: ModelConfig) -> dict:
         raise ExportError(
             f"model.init_from does not match the requested model ({'; '.join(diffs)}): "
             "set the model.* sizes to the folder's"
+        )
+    if name == "mixtral" and config.get("num_local_experts") != cfg.moe.experts:
+        raise ExportError(
+            f"model.init_from has {config.get('num_local_experts')} experts per layer but model.moe.experts="
+            f"{cfg.moe.experts}: set model.moe.experts to the folder's"
         )
     tied = config.get("tie_word_embeddings", name == "gpt2")  # each class's own default
     if tied != cfg.tie_embeddings:

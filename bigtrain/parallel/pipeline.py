@@ -39,7 +39,7 @@ def layer_specs(m: ModelConfig, tp: TensorParallel, vocab: Vocab) -> list:
         )
     else:
         first, last = LayerSpec(Embedding, m, tp, vocab), LayerSpec(LMHead, m, tp, vocab)
-    return [first, *(LayerSpec(Block, m, tp) for _ in range(m.n_layers)), LayerSpec(FinalNorm, m, tp), last]
+    return [first, *(LayerSpec(Block, m, tp, i) for i in range(m.n_layers)), LayerSpec(FinalNorm, m, tp), last]
 
 
 def build_pipeline(

@@ -141,7 +141,7 @@ def stage_parameters(m: ModelConfig, vocab: int, tp: int, pp: int) -> tuple[int,
         busiest = max(embed + per_stage, head + per_stage)
     bias = 1 if m.bias else 0
     qkv = (m.d_model + bias) * (m.n_heads + 2 * m.kv_heads) * m.head_dim
-    mlp = (m.d_model + bias) * m.ffn_dim
+    mlp = (m.d_model + bias) * max(m.ffn_dim, m.expert_ffn_dim * max(1, m.moe.shared_experts))
     largest = max(vocab * m.d_model, qkv, mlp)
     return int(busiest / tp), int(largest / tp)
 
@@ -218,7 +218,16 @@ def activation_bytes(cfg: Config, layout: Layout) -> dict[str, float]:
     sbh = t.micro_batch_size * m.seq_len * m.d_model
     s_b = t.micro_batch_size * m.seq_len
     q, kv = m.n_heads * m.head_dim, m.kv_heads * m.head_dim
-    mlp = (4 if m.activation == "swiglu" else 2) * m.ffn_dim
+    mults = 4 if m.activation == "swiglu" else 2
+    mlp = mults * m.ffn_dim
+    if m.moe.experts:  # MoE layers (counted for every layer): per assignment the token's gathered
+        # copy, the expert's intermediates and its weighted output; shared experts; fp32 router
+        # logits and probabilities (an fp32 element is two of a 16-bit one's bytes)
+        moe = m.moe
+        per_token = (
+            moe.top_k * (2 * m.d_model + mults * m.expert_ffn_dim) + mults * moe.shared_experts * m.expert_ffn_dim
+        )
+        mlp = max(mlp, per_token + 2 * moe.experts * 4 / _dtype_bytes(cfg.precision.dtype))
     # replicated across TP ranks unless sequence parallel: block input, two norm inputs and outputs
     replicated = 4 * sbh / (tp if sp else 1)
     sharded = s_b * (q + 2 * kv + q + mlp) / tp  # q, k, v, attention output, MLP intermediates

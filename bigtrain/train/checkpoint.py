@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from megatron.core import tensor_parallel
 
-from bigtrain.config.schema import Config, ModelConfig
+from bigtrain.config.schema import Config, ModelConfig, MoEConfig, from_dict
 from bigtrain.data.files import sha256_file
 from bigtrain.data.tokenizer import Tokenizer, load_tokenizer
 from bigtrain.model.gpt import GPT
@@ -46,6 +46,8 @@ from bigtrain.train.callbacks import Callbacks
 
 PARTIAL = ".partial"
 MANIFEST = "manifest.json"
+# model.moe's settings that change the weights (top_k, capacity and loss coefficients may change)
+MOE_IDENTITY = ("experts", "ffn_hidden", "shared_experts", "every")
 # Model settings that change the weights' shapes or meaning; the rest (name, dropout) may differ.
 MODEL_IDENTITY = (
     "n_layers",
@@ -170,6 +172,12 @@ def check_model_matches(saved: dict, wanted: ModelConfig, where: Path) -> None:
         f"model.{k}: checkpoint {saved.get(k)!r}, requested {wanted_dict[k]!r}"
         for k in MODEL_IDENTITY
         if saved.get(k) != wanted_dict[k]
+    ]
+    saved_moe = {**dataclasses.asdict(MoEConfig()), **(saved.get("moe") or {})}  # a dense run saved none
+    diffs += [
+        f"model.moe.{k}: checkpoint {saved_moe[k]!r}, requested {wanted_dict['moe'][k]!r}"
+        for k in MOE_IDENTITY
+        if saved_moe[k] != wanted_dict["moe"][k]
     ]
     if diffs:
         raise CheckpointError(
@@ -427,7 +435,7 @@ def load_checkpoint_model(path: str | Path) -> tuple[GPT, object, dict]:
     """(GPT in eval mode on one process, tokenizer, meta) from a run dir or checkpoint."""
     ckpt = resolve(path)
     meta = read_meta(ckpt)
-    cfg = ModelConfig(**meta["model"])
+    cfg = from_dict(meta["model"], ModelConfig, "model.")
     model = GPT(cfg, vocab=Vocab.of(meta["vocab_size"], cfg.pad_vocab_multiple))
     consolidated.load_weights_into_module(model, consolidated.read_tensors(ckpt / "bigtrain"), cfg.n_layers)
     return model.eval(), checkpoint_tokenizer(ckpt, meta), meta

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from bigtrain.config.schema import ModelConfig
+from bigtrain.config.schema import ModelConfig, from_dict
 from bigtrain.data.tokenizer import Tokenizer
 from bigtrain.model.hf import to_hf
 from bigtrain.train.checkpoint import checkpoint_tokenizer, read_meta, resolve
@@ -21,9 +21,9 @@ def export_hf(path: str | Path, out: str | Path) -> str:
     ckpt, out = resolve(path), Path(out)
     meta = read_meta(ckpt)
     tokenizer = checkpoint_tokenizer(ckpt, meta)
-    arch, config, state = to_hf(
-        read_tensors(ckpt / "bigtrain"), ModelConfig(**meta["model"]), meta["vocab_size"], tokenizer.bos, tokenizer.eod
-    )
+    model = from_dict(meta["model"], ModelConfig, "model.")
+    tensors = read_tensors(ckpt / "bigtrain")
+    arch, config, state = to_hf(tensors, model, meta["vocab_size"], tokenizer.bos, tokenizer.eod)
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=1))

@@ -24,6 +24,9 @@ LLAMA = [
     "model.seq_len=32",
 ]
 GPT_UNTIED = [*GPT, "model.tie_embeddings=false"]
+# 4 routed experts, top-2, in every block (dropless); with a capacity factor of 1, tokens are dropped.
+MOE = [*GPT, "model.moe.experts=4", "model.moe.top_k=2", "model.moe.ffn_hidden=128"]
+MOE_CAPACITY = [*MOE, "model.moe.capacity_factor=1.0"]
 COMMON = [
     "data=shakespeare_char",
     f"trainer.max_steps={STEPS}",

@@ -1,25 +1,27 @@
 """Exact resume: stopped by SIGTERM after step 6 and relaunched, a run has bitwise the same
 per-step losses and final weights as an uninterrupted run (fp32, dropout on, so RNG matters).
 SIGKILL at random steps on one process, zero2 dp2 and tp2 is tests/e2e/test_random_kills.py;
-here the layouts whose saves take other paths: ZeRO-3's partitioned parameters, pipeline stages."""
+here the layouts whose saves take other paths: ZeRO-3's partitioned parameters, pipeline stages,
+and a mixture of experts under ZeRO-2 (its router's losses and expert loads repeat too)."""
 
 import pytest
 import torch
 
 from bigtrain.train.consolidated import read_tensors
-from tests.distributed.parity import GPT, LAYOUTS, LLAMA, run_layout_raw
+from tests.distributed.parity import GPT, LAYOUTS, LLAMA, MOE, run_layout_raw
 from tests.helpers.launch import assert_streamed, read_metrics
 
 pytestmark = [pytest.mark.distributed, pytest.mark.pool]
 
-# layout (parity.LAYOUTS) -> the model family it trains; one process is tests/e2e/test_relaunch.py
-FAMILY = {"zero3_dp2": GPT, "pp2": LLAMA}
+# layout (parity.LAYOUTS) and the model family it trains; one process is tests/e2e/test_relaunch.py
+CASES = {"zero3_dp2": ("zero3_dp2", GPT), "pp2": ("pp2", LLAMA), "moe_zero2_dp2": ("zero2_dp2", MOE)}
 RESUME = ["trainer.max_steps=12", "model.dropout=0.1", "trainer.eval_interval=6", "trainer.eval_iters=2"]
 
 
-@pytest.mark.parametrize("name", list(FAMILY))
+@pytest.mark.parametrize("name", list(CASES))
 def test_stop_and_resume_is_bitwise_exact(name, corpus, cache_dir, tmp_path):
-    family, (ranks, overrides) = FAMILY[name], LAYOUTS[name]
+    layout, family = CASES[name]
+    ranks, overrides = LAYOUTS[layout]
     args = [*family, *overrides, *RESUME]
     whole = run_layout_raw(corpus, tmp_path / "whole", ranks, args)
     assert whole.returncode == 0, whole.stderr[-3000:]
@@ -33,7 +35,7 @@ def test_stop_and_resume_is_bitwise_exact(name, corpus, cache_dir, tmp_path):
 
     a, b = read_metrics(tmp_path / "whole" / "run"), read_metrics(tmp_path / "split" / "run")
     assert [r["step"] for r in b] == list(range(1, 13))
-    for key in ("loss", "grad_norm", "lr"):
+    for key in ("loss", "grad_norm", "lr", *(("moe_aux_loss", "moe_z_loss", "moe_load") if family is MOE else ())):
         assert [r[key] for r in a] == [r[key] for r in b], key
     assert [r["val_loss"] for r in a if "val_loss" in r] == [r["val_loss"] for r in b if "val_loss" in r]
     assert_streamed(tmp_path / "split" / "run" / "checkpoints" / "step_00000012")

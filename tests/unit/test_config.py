@@ -145,6 +145,17 @@ BAD_CONFIGS = [
     ),
     (["optim.implementation=apex"], "optim.implementation='apex' is not allowed: use one of auto|fused|foreach"),
     (["trainer.threads=0"], "trainer.threads=0 must be positive: leave trainer.threads unset (null)"),
+    (["model.moe.experts=1"], "model.moe.experts=1: a mixture needs 2 experts or more (0 keeps the model dense)"),
+    (["model=moe_tiny", "model.moe.top_k=9"], "model.moe.top_k=9 must be between 1 and model.moe.experts=8"),
+    (["model=moe_tiny", "model.moe.every=5"], "model.moe.every=5 must be between 1 and model.n_layers=4"),
+    (["model=moe_tiny", "model.moe.capacity_factor=0"], "model.moe.capacity_factor=0.0 must be positive (null:"),
+    (["model=moe_tiny", "model.moe.aux_loss_coef=-1"], "model.moe.aux_loss_coef=-1.0 must be 0 or more"),
+    (["+model.moe.expert=4"], "unknown config key 'model.moe.expert' (value 4): did you mean 'model.moe.experts'?"),
+    (
+        ["model=moe_tiny", "parallel=tp2_sp"],
+        "model.moe cannot combine with parallel.sequence_parallel=true: routing needs every position",
+    ),
+    (["model=moe_tiny", "parallel=zero3"], "model.moe cannot combine with parallel.zero_stage=3 yet"),
 ]
 
 
