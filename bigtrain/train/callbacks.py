@@ -18,7 +18,8 @@ order for optimizer step N (1-based):
 
 Users of `bigtrain.entry.run.run(cfg, run_dir, callbacks=[...])` pass their own (benchmark
 timers, profilers); bigtrain's own are the non-finite guard's reset (bigtrain/parallel/guard.py),
-the communication clock (bigtrain/metrics/comm.py) and fault injection (bigtrain/train/faults.py).
+the communication clock (bigtrain/metrics/comm.py), the MoE statistics (bigtrain/train/moe_stats.py)
+and fault injection (bigtrain/train/faults.py).
 """
 
 from __future__ import annotations
