@@ -39,20 +39,14 @@ def train_flops_per_token(cfg: ModelConfig, vocab: int) -> int:
     return 3 * forward_flops_per_token(cfg, vocab)
 
 
-def _mlp_matrix_weights(cfg: ModelConfig, f: int) -> int:
-    return (3 if cfg.activation == "swiglu" else 2) * cfg.d_model * f
-
-
-def _mlp_bias_weights(cfg: ModelConfig, f: int) -> int:
-    return (f * (2 if cfg.activation == "swiglu" else 1) + cfg.d_model) if cfg.bias else 0
-
-
 def _mlp_weights(cfg: ModelConfig, layer: int, active: bool, biases: bool = False) -> int:
     """Weights of block `layer`'s feed-forward part: the dense MLP, or the MoE layer's router,
     experts (all of them, or the top-k a token runs through when `active`) and shared experts."""
+    swiglu = cfg.activation == "swiglu"
 
-    def mlp(f: int) -> int:
-        return _mlp_matrix_weights(cfg, f) + (_mlp_bias_weights(cfg, f) if biases else 0)
+    def mlp(f: int) -> int:  # up (+ gate) and down, with their biases when `biases`
+        bias = f * (2 if swiglu else 1) + cfg.d_model if biases and cfg.bias else 0
+        return (3 if swiglu else 2) * cfg.d_model * f + bias
 
     moe = cfg.moe
     if not moe.is_moe_layer(layer):

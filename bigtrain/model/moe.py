@@ -58,15 +58,13 @@ class RouterStats:
         self.z = 0.0
         self.load = torch.zeros(self.experts, dtype=torch.float64)  # assignments per expert, before capacity
         self.dropped = 0
-        self.assignments = 0
 
-    def add(self, aux: torch.Tensor, z: torch.Tensor, load: torch.Tensor, dropped: int, assignments: int) -> None:
+    def add(self, aux: torch.Tensor, z: torch.Tensor, load: torch.Tensor, dropped: int) -> None:
         self.micro_batches += 1
         self.aux += float(aux)
         self.z += float(z)
         self.load += load.double()
         self.dropped += dropped
-        self.assignments += assignments
 
 
 class MoE(nn.Module):
@@ -96,8 +94,6 @@ class MoE(nn.Module):
         if self.top_k > 1:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         load = torch.bincount(chosen.reshape(-1), minlength=self.n_experts)  # (E,)
-        aux = self.n_experts * (load.float() / (n * self.top_k) * probs.mean(dim=0)).sum()
-        z = torch.logsumexp(logits, dim=-1).square().mean()
 
         # assignments in priority order: all first choices (token order), then all second choices, ...
         expert_of = chosen.t().reshape(-1)  # (k·N,)
@@ -105,7 +101,8 @@ class MoE(nn.Module):
         token_of = torch.arange(n, device=x.device).repeat(self.top_k)
         order = torch.argsort(expert_of, stable=True)  # grouped by expert, priority kept within
         counts = load.tolist()
-        kept = [min(c, self.capacity(n)) for c in counts]  # each expert's first ones in priority order
+        capacity = self.capacity(n)
+        kept = [min(c, capacity) for c in counts]  # each expert's first ones in priority order
         out = torch.zeros_like(flat)
         start = 0
         for e, expert in enumerate(self.experts):
@@ -117,8 +114,9 @@ class MoE(nn.Module):
         if self.shared is not None:
             out = out + self.shared(flat.unsqueeze(1)).squeeze(1)
         if torch.is_grad_enabled():  # a training forward (a checkpointed block: its recompute)
-            dropped = n * self.top_k - sum(kept)
-            self.stats.add(aux.detach(), z.detach(), load, dropped, n * self.top_k)
+            aux = self.n_experts * (load.float() / (n * self.top_k) * probs.mean(dim=0)).sum()
+            z = torch.logsumexp(logits, dim=-1).square().mean()
+            self.stats.add(aux.detach(), z.detach(), load, n * self.top_k - sum(kept))
             out = _RouterLossGrad.apply(out, self.aux_coef * aux + self.z_coef * z, self.grad_scale)
         return out.view(shape)
 

@@ -191,18 +191,18 @@ def runtime_bytes(
         return {}  # the plain path: torch AdamW per tensor, no buckets
     bucket = 4 * min(REDUCE_BUCKET_ELEMENTS, params)
     partition = 4 * params / dp
-    unfused = 0 if fused_adam else partition
+    step = partition if fused_adam else 2 * partition
     if dtype != "fp32":
-        out = {"buckets": bucket, "optimizer_step": partition + unfused}
+        out = {"buckets": bucket, "optimizer_step": step}
         if zero == 3:
             out["gathered"] = _dtype_bytes(dtype) * min(MAX_REUSE_ELEMENTS, params)
             out["backward_peak"] = 2 * _dtype_bytes(dtype) * min(REDUCE_BUCKET_ELEMENTS, params)
         return out
     if pipeline:  # ZeRO-1 only (validate refuses 2 and 3 with stages)
-        return {"optimizer_step": partition + unfused}
+        return {"optimizer_step": step}
     if zero == 1:
-        return {"partition_gradients": partition, "optimizer_step": partition + unfused}
-    out = {"buckets": bucket, "optimizer_step": partition + unfused}
+        return {"partition_gradients": partition, "optimizer_step": step}
+    out = {"buckets": bucket, "optimizer_step": step}
     if zero == 3:
         out["gathered"] = 4 * min(MAX_REUSE_ELEMENTS, params)
         out["backward_peak"] = partition

@@ -431,11 +431,16 @@ def checkpoint_tokenizer(ckpt: Path, meta: dict):
     return load_tokenizer(ckpt / "bigtrain" / saved["file"], saved["eod_token"])
 
 
+def saved_model(meta: dict) -> ModelConfig:
+    """The model config a checkpoint's meta.json recorded (checked and typed; a dense run's has no moe)."""
+    return from_dict(meta["model"], ModelConfig, "model.")
+
+
 def load_checkpoint_model(path: str | Path) -> tuple[GPT, object, dict]:
     """(GPT in eval mode on one process, tokenizer, meta) from a run dir or checkpoint."""
     ckpt = resolve(path)
     meta = read_meta(ckpt)
-    cfg = from_dict(meta["model"], ModelConfig, "model.")
+    cfg = saved_model(meta)
     model = GPT(cfg, vocab=Vocab.of(meta["vocab_size"], cfg.pad_vocab_multiple))
     consolidated.load_weights_into_module(model, consolidated.read_tensors(ckpt / "bigtrain"), cfg.n_layers)
     return model.eval(), checkpoint_tokenizer(ckpt, meta), meta

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from bigtrain.config.schema import ModelConfig, from_dict
 from bigtrain.data.tokenizer import Tokenizer
 from bigtrain.model.hf import to_hf
-from bigtrain.train.checkpoint import checkpoint_tokenizer, read_meta, resolve
+from bigtrain.train.checkpoint import checkpoint_tokenizer, read_meta, resolve, saved_model
 from bigtrain.train.consolidated import read_tensors
 
 
@@ -21,7 +20,7 @@ def export_hf(path: str | Path, out: str | Path) -> str:
     ckpt, out = resolve(path), Path(out)
     meta = read_meta(ckpt)
     tokenizer = checkpoint_tokenizer(ckpt, meta)
-    model = from_dict(meta["model"], ModelConfig, "model.")
+    model = saved_model(meta)
     tensors = read_tensors(ckpt / "bigtrain")
     arch, config, state = to_hf(tensors, model, meta["vocab_size"], tokenizer.bos, tokenizer.eod)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bigtrain.config import ModelConfig
-from bigtrain.config.schema import from_dict
 from bigtrain.model.hf import from_hf, load_hf_folder, to_hf
-from bigtrain.train.checkpoint import load_checkpoint_model, read_meta, resolve
+from bigtrain.train.checkpoint import load_checkpoint_model, read_meta, resolve, saved_model
 from tests.distributed.parity import COMMON, GPT, LLAMA, run_layout_raw
 from tests.helpers import pool
 from tests.helpers.launch import PYTHON, ROOT, launch, read_metrics
@@ -98,7 +96,7 @@ def test_import_round_trip_is_identical(which, request, tmp_path, corpus):
     run_dir = request.getfixturevalue(which)
     export(run_dir, tmp_path / "hf")
     meta = read_meta(resolve(run_dir))
-    cfg = from_dict(meta["model"], ModelConfig, "model.")
+    cfg = saved_model(meta)
     original = load_file(str(tmp_path / "hf" / "model.safetensors"))
     tensors = load_hf_folder(tmp_path / "hf", cfg, meta["vocab_size"])  # HF → bigtrain
     _, _, again = to_hf(tensors, cfg, meta["vocab_size"], 1, 2)  # → HF
